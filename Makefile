@@ -1,0 +1,26 @@
+# make demo: set up .venv and train + evaluate the embedded default (synthetic data, tiny CLIPSeg, CPU).
+# make test: set up .venv and run the test suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup clean-demo bench
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) train.py
+	$(PY) evaluate.py --checkpoint last
+	$(PY) evaluate.py --checkpoint last --swap-prompts
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) scripts/bench.py

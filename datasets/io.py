@@ -1,0 +1,104 @@
+"""Reading images and masks robustly, with errors that name the file and the fix.
+
+Mask rule (stated in ``--help`` of the scripts and in docs/reliability.md):
+- a mask is read as one channel: RGB(A) masks take the maximum over colour channels,
+  palette masks use their palette colours, 16-bit masks are kept at 16 bits;
+- masks whose values are only {0, 1} are taken as binary as they are;
+- otherwise foreground = value >= 128 for 8-bit masks (>= 32768 for 16-bit), so JPEG noise is ignored;
+- a mask with several small integer labels (e.g. {0,1,2,3}) is a label map and is refused.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never a half-grey image
+Image.MAX_IMAGE_PIXELS = 20000 * 20000   # allow large medical images, still catch decompression bombs
+
+
+class BadSampleError(ValueError):
+    """A sample that cannot be used; the message names the file/record and what to do."""
+
+
+def _open(path: str, what: str) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()
+        return img
+    except FileNotFoundError:
+        raise BadSampleError(f"{what} file not found: {path} (check --data-root and the manifest's names)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise BadSampleError(f"cannot read {what} {path}: {type(e).__name__}: {e}. The file is corrupt or truncated: "
+                             f"re-export it, or pass --on-bad-sample skip to leave it out") from None
+    except Image.DecompressionBombError as e:
+        raise BadSampleError(f"{what} {path} is too large to decode safely: {e}") from None
+
+
+def read_image(path: str, draft_size: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Return an RGB PIL image and the original (height, width).
+
+    ``draft_size`` lets JPEG decode at a reduced scale (at least ``draft_size`` px) for speed;
+    the original size is still the file's size.
+    """
+    try:
+        img = Image.open(path)
+    except FileNotFoundError:
+        raise BadSampleError(f"image file not found: {path} (check --data-root and the manifest's names)") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise BadSampleError(f"cannot read image {path}: {e}. Re-export the file, or pass --on-bad-sample skip") from None
+    orig_hw = (img.height, img.width)
+    try:
+        if draft_size and img.format == "JPEG" and img.mode in ("RGB", "L"):
+            img.draft("RGB", (draft_size, draft_size))
+        img.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadSampleError(f"cannot decode image {path}: {type(e).__name__}: {e}. The file is corrupt or truncated: "
+                             f"re-export it, or pass --on-bad-sample skip to leave it out") from None
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / float grayscale: stretch to 8 bits
+        a = np.asarray(img, dtype=np.float64)
+        hi = a.max() if a.max() > 0 else 1.0
+        img = Image.fromarray(np.clip(a / hi * 255.0, 0, 255).astype(np.uint8))
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # L, LA, RGBA (alpha dropped), P, CMYK, YCbCr
+    return img, orig_hw
+
+
+def mask_to_binary(arr: np.ndarray, path: str = "<array>", threshold: int | None = None) -> np.ndarray:
+    """Binarise a single-channel mask array following the module's rule; returns bool HxW."""
+    if arr.ndim != 2:
+        raise BadSampleError(f"mask {path} has shape {arr.shape}; expected a single-channel image")
+    if arr.dtype == bool:
+        return arr
+    vmax = int(arr.max()) if arr.size else 0
+    if vmax <= 1:
+        return arr >= 1
+    if threshold is None:
+        threshold = 32768 if arr.dtype == np.uint16 or vmax > 255 else 128
+    if vmax < threshold:
+        values = np.unique(arr)
+        if len(values) <= 16:
+            raise BadSampleError(
+                f"mask {path} has values {values.tolist()[:8]}: it looks like a label map, not a binary mask. "
+                f"Convert it with `python -m datasets.prepare` or save it as 0/255")
+        raise BadSampleError(f"mask {path} has no value >= {threshold} (max {vmax}): it would be empty after "
+                             f"binarising; save masks as 0/255 (or 0/1)")
+    return arr >= threshold
+
+
+def read_mask(path: str, threshold: int | None = None) -> np.ndarray:
+    """Read a mask file as bool HxW (see the module docstring for the rule)."""
+    img = _open(path, "mask")
+    if img.mode == "P":
+        img = img.convert("RGB")
+    if img.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LA"):
+        arr = np.asarray(img.convert("RGB")).max(axis=2)
+    elif img.mode == "1":
+        arr = np.asarray(img).astype(np.uint8)
+    elif img.mode.startswith("I;16") or img.mode == "I":
+        arr = np.asarray(img).astype(np.int64)
+        arr = arr.astype(np.uint16) if arr.max() <= 65535 else arr
+    elif img.mode == "L":
+        arr = np.asarray(img)
+    else:
+        arr = np.asarray(img.convert("L"))
+    return mask_to_binary(arr, path, threshold)

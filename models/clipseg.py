@@ -1,0 +1,121 @@
+"""CLIPSeg through transformers' ``CLIPSegForImageSegmentation``.
+
+We call the parts ourselves instead of ``CLIPSegForImageSegmentation.forward``:
+that forward wraps both CLIP encoders in ``torch.no_grad()``, which silently
+freezes them (one of the paper code's defects).  Here gradients flow into the
+encoders unless they are frozen on purpose with ``freeze()``.
+
+Layer convention (same as CLIPSeg and transformers): ``extract_layers`` are
+0-based indices of vision transformer blocks; the activation of block ``i`` is
+``hidden_states[i + 1]`` because ``hidden_states[0]`` is the embedding output.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .base import SegModel
+from .text import ClipTokenizer
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_HUB_ID = "CIDAS/clipseg-rd64-refined"
+
+
+def clipseg_config(size: str = "base", input_size: int | None = None):
+    """The architecture of ``CIDAS/clipseg-rd64-refined`` (base) or a small random one (tiny)."""
+    from transformers import CLIPSegConfig
+    if size == "base":
+        return CLIPSegConfig(
+            text_config=dict(eos_token_id=49407, bos_token_id=49406, pad_token_id=1),
+            vision_config=dict(patch_size=16, image_size=224),
+            projection_dim=512, extract_layers=[3, 6, 9], reduce_dim=64,
+            use_complex_transposed_convolution=True)
+    if size == "tiny":
+        return CLIPSegConfig(
+            text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                             vocab_size=49408, max_position_embeddings=77,
+                             eos_token_id=49407, bos_token_id=49406, pad_token_id=1),
+            vision_config=dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+                               image_size=input_size or 128, patch_size=8),
+            projection_dim=64, extract_layers=[1, 2, 3], reduce_dim=32, decoder_num_attention_heads=4,
+            decoder_intermediate_size=64, use_complex_transposed_convolution=True)
+    raise ValueError(f"unknown CLIPSeg size '{size}'; use 'base' or 'tiny'")
+
+
+def load_pretrained_clipseg(weights: str):
+    """Load ``CLIPSegForImageSegmentation`` from a hub id or a local ``save_pretrained`` folder, with a clear offline error."""
+    from transformers import CLIPSegForImageSegmentation
+    local = os.path.isdir(weights)
+    if not local and (weights.startswith((".", "/", "~")) or os.path.exists(weights)):
+        raise FileNotFoundError(f"CLIPSeg weights '{weights}' is not a folder saved with save_pretrained "
+                                f"(it needs config.json and model.safetensors)")
+    try:
+        return CLIPSegForImageSegmentation.from_pretrained(weights, local_files_only=local or None)
+    except (OSError, ValueError) as e:
+        raise RuntimeError(
+            f"could not load CLIPSeg weights '{weights}': {type(e).__name__}: {str(e).splitlines()[0]}\n"
+            f"If this machine is offline, download them elsewhere (`huggingface-cli download {DEFAULT_HUB_ID} "
+            f"--local-dir clipseg-rd64-refined`), copy the folder here and pass `--weights /path/to/clipseg-rd64-refined`; "
+            f"or use `--weights none` for random initialisation.") from e
+
+
+class CLIPSeg(SegModel):
+    name = "clipseg"
+    image_mean = IMAGENET_MEAN
+    image_std = IMAGENET_STD
+
+    def __init__(self, hf_model, input_size: int = 352):
+        super().__init__()
+        self.hf = hf_model
+        self.input_size = int(input_size)
+        self.extract_layers = list(hf_model.config.extract_layers)
+        text_cfg = hf_model.config.text_config
+        self.tokenizer = ClipTokenizer(context_length=text_cfg.max_position_embeddings, pad_id=0)
+
+    def image_encoder_modules(self) -> list[nn.Module]:
+        return [self.hf.clip.vision_model, self.hf.clip.visual_projection]
+
+    def text_encoder_modules(self) -> list[nn.Module]:
+        return [self.hf.clip.text_model, self.hf.clip.text_projection]
+
+    def decoder_modules(self) -> list[nn.Module]:
+        return [self.hf.decoder]
+
+    def vision_activations(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen["image"]):
+            out = self.hf.clip.vision_model(pixel_values=pixel_values, output_hidden_states=True,
+                                            interpolate_pos_encoding=True, return_dict=True)
+        return [out.hidden_states[i + 1] for i in self.extract_layers]
+
+    def text_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen["text"]):
+            out = self.hf.clip.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+            return self.hf.clip.text_projection(out.pooler_output)
+
+    def forward(self, pixel_values, input_ids=None, attention_mask=None):
+        if input_ids is None:
+            raise ValueError("CLIPSeg needs a text prompt (input_ids); use prompt p0 for an empty prompt")
+        if input_ids.shape[0] != pixel_values.shape[0]:
+            raise ValueError(f"got {pixel_values.shape[0]} images but {input_ids.shape[0]} prompts")
+        activations = self.vision_activations(pixel_values)
+        cond = self.text_embedding(input_ids, attention_mask)
+        logits = self.hf.decoder(activations, cond).logits
+        b = pixel_values.shape[0]
+        return logits.reshape(b, 1, logits.shape[-2], logits.shape[-1])
+
+
+def build_clipseg(weights: str | None = None, size: str = "base", input_size: int | None = None, **cfg) -> CLIPSeg:
+    """``weights``: None (random init of ``size``), a hub id such as ``CIDAS/clipseg-rd64-refined``, or a local folder."""
+    if cfg:
+        raise TypeError(f"unknown CLIPSeg options: {', '.join(cfg)}")
+    if weights:
+        hf = load_pretrained_clipseg(weights)
+        return CLIPSeg(hf, input_size=input_size or 352)
+    from transformers import CLIPSegForImageSegmentation
+    config = clipseg_config(size, input_size)
+    hf = CLIPSegForImageSegmentation(config)
+    default_size = 352 if size == "base" else 128
+    return CLIPSeg(hf, input_size=input_size or default_size)
