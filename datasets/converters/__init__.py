@@ -1,0 +1,1 @@
+"""Per-dataset converters used by ``python -m datasets.prepare`` (see ``datasets/prepare.py``)."""
