@@ -220,6 +220,7 @@ def main(args) -> dict:
         best, best_epoch = resume_ckpt["best_dice"], resume_ckpt["best_epoch"]
         global_step = resume_ckpt.get("global_step", 0)
         engine.set_rng_state(resume_ckpt["rng"])
+        _truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), start_epoch)
         print(f"resumed {run_dir} at epoch {start_epoch} (best val Dice {best:.4f} at epoch {best_epoch})")
     else:
         run_dir = make_run_dir(args)
@@ -281,6 +282,9 @@ def main(args) -> dict:
                 if args.time_limit and (time.time() - t_start) / 60 > args.time_limit:
                     stopped_by = f"time limit ({args.time_limit} min)"
                     break
+        except engine.NonFiniteLossError as e:
+            writer.close()
+            raise SystemExit(f"stopped: {e}. The last good checkpoint is {run_dir}/last.pth")
         except KeyboardInterrupt:
             ck = checkpoint(epoch)  # resume repeats the interrupted epoch
             engine.atomic_torch_save(ck, os.path.join(run_dir, "last.pth"))
@@ -308,6 +312,16 @@ def main(args) -> dict:
     with open(os.path.join(run_dir, "final.json"), "w") as f:
         json.dump(final, f, indent=2)
     return {"run_dir": run_dir, **final}
+
+
+def _truncate_metrics(path: str, start_epoch: int) -> None:
+    """On resume, drop metric rows of epochs that will be run again (killed after logging, before saving)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        rows = [line for line in f if line.strip() and json.loads(line)["epoch"] < start_epoch]
+    with open(path, "w") as f:
+        f.writelines(rows)
 
 
 @torch.no_grad()

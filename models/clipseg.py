@@ -39,10 +39,23 @@ def clipseg_config(size: str = "base", input_size: int | None = None):
                              vocab_size=49408, max_position_embeddings=77,
                              eos_token_id=49407, bos_token_id=49406, pad_token_id=1),
             vision_config=dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
-                               image_size=input_size or 128, patch_size=8),
+                               image_size=input_size or 96, patch_size=8),
             projection_dim=64, extract_layers=[1, 2, 3], reduce_dim=32, decoder_num_attention_heads=4,
             decoder_intermediate_size=64, use_complex_transposed_convolution=True)
     raise ValueError(f"unknown CLIPSeg size '{size}'; use 'base' or 'tiny'")
+
+
+def reset_decoder_init(decoder: nn.Module) -> nn.Module:
+    """Give a random CLIPSeg decoder PyTorch's default Linear/Conv initialisation, as the original CLIPSeg had.
+
+    transformers' ``post_init`` draws every Linear/Conv weight of a CLIPSeg decoder from
+    N(0, ``initializer_factor`` = 1.0) (CLIPSegConfig has no ``initializer_range``): logits start with a
+    standard deviation in the tens and a decoder trained from scratch barely learns.  LayerNorms keep 1/0.
+    """
+    for module in decoder.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            module.reset_parameters()
+    return decoder
 
 
 def load_pretrained_clipseg(weights: str):
@@ -52,8 +65,14 @@ def load_pretrained_clipseg(weights: str):
     if not local and (weights.startswith((".", "/", "~")) or os.path.exists(weights)):
         raise FileNotFoundError(f"CLIPSeg weights '{weights}' is not a folder saved with save_pretrained "
                                 f"(it needs config.json and model.safetensors)")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
-        return CLIPSegForImageSegmentation.from_pretrained(weights, local_files_only=local or None)
+        try:  # the local folder or the Hugging Face cache first: no network round trips
+            return CLIPSegForImageSegmentation.from_pretrained(weights, local_files_only=True)
+        except (OSError, ValueError):
+            if local or offline:
+                raise
+        return CLIPSegForImageSegmentation.from_pretrained(weights)
     except (OSError, ValueError) as e:
         raise RuntimeError(
             f"could not load CLIPSeg weights '{weights}': {type(e).__name__}: {str(e).splitlines()[0]}\n"
@@ -117,5 +136,6 @@ def build_clipseg(weights: str | None = None, size: str = "base", input_size: in
     from transformers import CLIPSegForImageSegmentation
     config = clipseg_config(size, input_size)
     hf = CLIPSegForImageSegmentation(config)
-    default_size = 352 if size == "base" else 128
+    reset_decoder_init(hf.decoder)
+    default_size = 352 if size == "base" else 96
     return CLIPSeg(hf, input_size=input_size or default_size)

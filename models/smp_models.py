@@ -1,0 +1,182 @@
+"""CNN baselines from segmentation-models-pytorch: UNet, UNet++ and DeepLabV3+ (text ignored).
+
+``size="base"``: the paper's ResNet-50 encoder with smp's default decoders, input 352.
+``size="tiny"``: a ResNet-18 encoder cut after 3 stages with narrow decoders, input 128, for
+CPU tests and demos.  Images are normalised with ImageNet statistics.
+
+weights
+  None            random initialisation (no download).
+  "imagenet"      smp's ImageNet ResNet weights (``smp-hub/<encoder>.imagenet``) from the local
+                  Hugging Face cache, or torchvision's ``resnet50-*.pth`` from the torch hub cache;
+                  downloaded only when online and ``HF_HUB_OFFLINE`` is not set.
+  "/path/file"    a ResNet state dict (torchvision ``.pth``/``.pt`` or ``.safetensors``; keys may carry a
+                  ``module.``/``encoder.`` prefix; the ``fc`` classifier is dropped) loaded into the encoder.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .base import SegModel
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+SIZES = {
+    "base": dict(encoder_name="resnet50", encoder_depth=5, input_size=352, decoder={}),
+    "tiny": dict(encoder_name="resnet18", encoder_depth=3, input_size=128,
+                 decoder={"unet": dict(decoder_channels=(32, 16, 8)),
+                          "unetplusplus": dict(decoder_channels=(32, 16, 8)),
+                          "deeplabv3plus": dict(decoder_channels=32, decoder_atrous_rates=(2, 4, 6))}),
+}
+ARCHS = {"unet": "Unet", "unetplusplus": "UnetPlusPlus", "deeplabv3plus": "DeepLabV3Plus"}
+
+
+class SMPSegModel(SegModel):
+    """An smp model as a SegModel: ``forward(pixel_values, ...)`` ignores any text inputs."""
+
+    uses_text = False
+    image_mean = IMAGENET_MEAN
+    image_std = IMAGENET_STD
+
+    def __init__(self, net: nn.Module, input_size: int):
+        super().__init__()
+        self.net = net
+        self.input_size = int(input_size)
+        self.tokenizer = None
+
+    def image_encoder_modules(self) -> list[nn.Module]:
+        return [self.net.encoder]
+
+    def text_encoder_modules(self) -> list[nn.Module]:
+        return []
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(pixel_values)  # [B, 1, S, S] logits
+
+
+def _prune_unused_stages(encoder: nn.Module, depth: int) -> None:
+    """smp keeps ResNet stages beyond ``encoder_depth`` although forward never runs them; replace them
+    with ``Identity`` so parameter counts and optimisers see only the used encoder."""
+    pruned = [f"layer{i}" for i in range(max(depth, 1), 5) if i >= 3 and hasattr(encoder, f"layer{i}")]
+    for name in pruned:
+        setattr(encoder, name, nn.Identity())
+    encoder.pruned_stages = tuple(pruned)
+
+
+def _read_state_dict(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(path))
+    else:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a ResNet state dict, got {type(state).__name__}")
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "encoder.", "net.encoder."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        if not k.startswith("fc."):
+            out[k] = v
+    return out
+
+
+def load_encoder_file(encoder: nn.Module, path: str | os.PathLike) -> None:
+    """Load a ResNet state dict file into an smp ResNet encoder (strict; clear error on mismatch)."""
+    path = Path(path)
+    state = _read_state_dict(path)
+    own = encoder.state_dict()
+    missing = [k for k in own if k not in state]
+    pruned = tuple(f"{n}." for n in getattr(encoder, "pruned_stages", ()))
+    state = {k: v for k, v in state.items() if not (pruned and k.startswith(pruned))}
+    unexpected = [k for k in state if k not in own]
+    bad = [f"{k}: file {tuple(state[k].shape)} vs encoder {tuple(own[k].shape)}"
+           for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or bad:
+        raise ValueError(f"{path} is not a state dict for this ResNet encoder: {len(missing)} missing "
+                         f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
+                         f"{len(bad)} shape mismatches (e.g. {bad[:2]}). Supply torchvision's "
+                         f"resnet50-*.pth or smp-hub/resnet50.imagenet's model.safetensors.")
+    encoder.load_state_dict(state, strict=False)
+    logger.info("loaded %d encoder tensors from %s", len(state), path)
+
+
+def find_imagenet_weights(encoder_name: str) -> str:
+    """Locate ImageNet weights for ``encoder_name`` in local caches (HF first, then torch hub)."""
+    import segmentation_models_pytorch as smp
+    from huggingface_hub import hf_hub_download
+
+    settings = smp.encoders.encoders[encoder_name]["pretrained_settings"]["imagenet"]
+    repo, rev = settings["repo_id"], settings["revision"]
+    try:
+        return hf_hub_download(repo, "model.safetensors", revision=rev, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached
+        pass
+    hub_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
+    hits = sorted(glob.glob(os.path.join(hub_dir, f"{encoder_name}-*.pth")))
+    if hits:
+        return hits[0]
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    cause = "HF_HUB_OFFLINE is set"
+    if not offline:
+        try:
+            return hf_hub_download(repo, "model.safetensors", revision=rev)
+        except Exception as e:  # noqa: BLE001
+            cause = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    raise FileNotFoundError(
+        f"ImageNet weights for {encoder_name} are not cached locally and cannot be downloaded ({cause}). "
+        f"Supply the file yourself: --weights /path/to/{encoder_name}.safetensors (model.safetensors of "
+        f"hf.co/{repo}) or torchvision's {encoder_name}-*.pth (e.g. put it in {hub_dir}/), "
+        f"or use --weights none for random initialisation.")
+
+
+def _build(arch: str, weights: str | None, size: str, input_size: int | None, **cfg) -> SMPSegModel:
+    import segmentation_models_pytorch as smp
+
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {list(SIZES)}, got {size!r}")
+    sc = SIZES[size]
+    kwargs = dict(encoder_name=sc["encoder_name"], encoder_depth=sc["encoder_depth"], encoder_weights=None,
+                  in_channels=3, classes=1, activation=None, **sc["decoder"].get(arch, {}))
+    kwargs.update(cfg)  # e.g. encoder_name="resnet34", decoder_channels=...
+    net = getattr(smp, ARCHS[arch])(**kwargs)
+    _prune_unused_stages(net.encoder, kwargs["encoder_depth"])
+    if weights is not None:
+        if weights == "imagenet":
+            path = find_imagenet_weights(kwargs["encoder_name"])
+        elif os.path.isfile(weights):
+            path = weights
+        else:
+            raise FileNotFoundError(f"{arch} weights '{weights}': give 'imagenet', a ResNet state-dict file, "
+                                    f"or none")
+        load_encoder_file(net.encoder, path)
+    return SMPSegModel(net, input_size or sc["input_size"])
+
+
+def build_unet(weights: str | None = None, size: str = "base", input_size: int | None = None, **cfg) -> SMPSegModel:
+    """UNet (smp), ResNet-50 encoder (ResNet-18, 3 stages, for size='tiny')."""
+    return _build("unet", weights, size, input_size, **cfg)
+
+
+def build_unetplusplus(weights: str | None = None, size: str = "base", input_size: int | None = None,
+                       **cfg) -> SMPSegModel:
+    """UNet++ (smp), ResNet-50 encoder (ResNet-18, 3 stages, for size='tiny')."""
+    return _build("unetplusplus", weights, size, input_size, **cfg)
+
+
+def build_deeplabv3plus(weights: str | None = None, size: str = "base", input_size: int | None = None,
+                        **cfg) -> SMPSegModel:
+    """DeepLabV3+ (smp), ResNet-50 encoder (ResNet-18, 3 stages, for size='tiny')."""
+    return _build("deeplabv3plus", weights, size, input_size, **cfg)

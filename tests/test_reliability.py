@@ -1,0 +1,217 @@
+"""Bad input, interrupted runs, numeric faults, safe loading, results never overwritten."""
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import engine
+import evaluate
+import train
+from datasets import BadSampleError, read_image, read_mask
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------- bad files
+
+
+def test_truncated_jpeg_and_png_are_clear_errors(tmp_path):
+    img = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    for ext in ("jpg", "png"):
+        p = tmp_path / f"x.{ext}"
+        img.save(p)
+        data = p.read_bytes()
+        p.write_bytes(data[: len(data) // 2])
+        with pytest.raises(BadSampleError, match=rf"x\.{ext}.*(corrupt|truncated)"):
+            read_image(str(p))
+    (tmp_path / "junk.png").write_bytes(b"not an image at all")
+    with pytest.raises(BadSampleError, match="junk.png"):
+        read_mask(str(tmp_path / "junk.png"))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "I;16"])
+def test_image_modes_become_rgb_with_original_size(tmp_path, mode):
+    arr = (np.random.default_rng(1).random((30, 40, 3)) * 255).astype(np.uint8)
+    img = Image.fromarray(arr)
+    if mode == "I;16":
+        img = Image.fromarray((arr[..., 0].astype(np.uint16) * 257))
+    else:
+        img = img.convert(mode)
+    p = tmp_path / ("x.tif" if mode in ("CMYK", "I;16") else "x.png")
+    img.save(p)
+    out, hw = read_image(str(p))
+    assert out.mode == "RGB" and hw == (30, 40) and np.asarray(out).std() > 10
+
+
+def test_very_large_image_decodes_with_draft(tmp_path):
+    p = tmp_path / "big.jpg"
+    Image.new("RGB", (6000, 4000), (120, 30, 40)).save(p, quality=80)
+    t = time.time()
+    img, hw = read_image(str(p), draft_size=352)
+    assert hw == (4000, 6000) and max(img.size) < 6000 and time.time() - t < 5
+
+
+def test_empty_mask_is_kept_and_scores_by_the_rule(tmp_path):
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "e.png")
+    m = read_mask(str(tmp_path / "e.png"))
+    assert m.shape == (20, 20) and m.sum() == 0
+    assert engine.dice_iou(torch.from_numpy(m), torch.from_numpy(m)) == (1.0, 1.0)
+
+
+def test_non_binary_mask_without_foreground_is_refused(tmp_path):
+    Image.fromarray(np.full((20, 20), 60, np.uint8)).save(tmp_path / "grey.png")
+    with pytest.raises(BadSampleError, match="label map|no value >= 128"):
+        read_mask(str(tmp_path / "grey.png"))
+
+
+# ----------------------------------------------------------------------------- numeric faults
+
+
+class NaNAfter(torch.nn.Module):
+    """A tiny text-free model whose output becomes NaN for chosen calls."""
+    uses_text = False
+    input_size, image_mean, image_std = 16, (0.5,) * 3, (0.25,) * 3
+
+    def __init__(self, bad_calls):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 1, 1)
+        self.calls, self.bad = 0, set(bad_calls)
+
+    def forward(self, x):
+        self.calls += 1
+        y = self.conv(x)
+        return y * float("nan") if self.calls in self.bad else y
+
+
+def _batches(n):
+    return [{"image": torch.randn(2, 3, 16, 16), "mask": (torch.rand(2, 1, 16, 16) > 0.5).float(),
+             "text": ["", ""]} for _ in range(n)]
+
+
+def test_non_finite_loss_skips_the_step_and_is_counted():
+    model = NaNAfter({2, 4})
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    stats = engine.train_one_epoch(model, _batches(5), opt, engine.SegLoss(), torch.device("cpu"), 0)
+    assert stats["nonfinite_steps"] == 2 and stats["n_samples"] == 6
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_too_many_non_finite_losses_stop_the_run():
+    model = NaNAfter(range(1, 100))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(engine.NonFiniteLossError, match="3 non-finite losses in a row"):
+        engine.train_one_epoch(model, _batches(5), opt, engine.SegLoss(), torch.device("cpu"), 0, max_bad_steps=3)
+
+
+# ----------------------------------------------------------------------------- safe loading
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickle_needing_code_is_refused(tmp_path):
+    p = tmp_path / "evil.pth"
+    with open(p, "wb") as f:
+        pickle.dump({"model": Evil()}, f)
+    with pytest.raises(RuntimeError, match="refusing to load"):
+        engine.load_checkpoint(str(p))
+
+
+def test_atomic_save_leaves_no_temp_file_and_keeps_old_on_failure(tmp_path):
+    p = str(tmp_path / "ck.pth")
+    engine.atomic_torch_save({"a": torch.ones(2)}, p)
+
+    class Unsaveable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(Exception):
+        engine.atomic_torch_save({"a": Unsaveable()}, p)
+    assert torch.equal(engine.load_checkpoint(p)["a"], torch.ones(2))  # the finished checkpoint survives
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def _train_cmd(data_root, prompts_root, out, *extra):
+    return [sys.executable, os.path.join(ROOT, "train.py"), "--data-root", data_root, "--prompts-root", prompts_root,
+            "--output-dir", out, "--workers", "0", "--batch-size", "8", "--max-steps-per-epoch", "4",
+            "--input-size", "64", "--no-test", *extra]
+
+
+def _wait_for(path, n_lines, proc, timeout=240):
+    t = time.time()
+    while time.time() - t < timeout:
+        if os.path.exists(path) and len(open(path).read().splitlines()) >= n_lines:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"train.py exited early: {proc.stdout.read()}")
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_sigkill_then_resume_finishes_all_epochs(small_synthetic, tmp_path):
+    data_root, prompts_root = small_synthetic
+    run = str(tmp_path / "run")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_train_cmd(data_root, prompts_root, str(tmp_path), "--epochs", "3", "--run-dir", run),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    _wait_for(os.path.join(run, "metrics.jsonl"), 1, proc)
+    while not os.path.exists(os.path.join(run, "last.pth")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # mid-way through epoch 1
+    proc.wait()
+    assert not os.path.exists(os.path.join(run, "final.json"))
+    assert engine.load_checkpoint(os.path.join(run, "last.pth"))["epoch"] >= 1
+    out = subprocess.run(_train_cmd(data_root, prompts_root, str(tmp_path), "--resume", run), env=env, cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    best = engine.load_checkpoint(os.path.join(run, "best.pth"))
+    assert best["epoch"] >= 1 and best["model_name"] == "clipseg"
+    # a finished run is never resumed or reused
+    again = subprocess.run(_train_cmd(data_root, prompts_root, str(tmp_path), "--resume", run), env=env, cwd=ROOT,
+                           capture_output=True, text=True)
+    assert again.returncode != 0 and "already finished" in again.stdout + again.stderr
+
+
+def test_sigint_saves_last_checkpoint_and_exits_cleanly(small_synthetic, tmp_path):
+    data_root, prompts_root = small_synthetic
+    run = str(tmp_path / "run")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_train_cmd(data_root, prompts_root, str(tmp_path), "--epochs", "50", "--run-dir", run),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    _wait_for(os.path.join(run, "metrics.jsonl"), 1, proc)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "interrupted: saved" in out and "Traceback" not in out
+    assert engine.load_checkpoint(os.path.join(run, "last.pth"))["epoch"] >= 1
+
+
+def test_run_folders_and_results_are_never_reused(small_synthetic, tmp_path):
+    data_root, prompts_root = small_synthetic
+    args = train.get_args_parser().parse_args(
+        ["--data-root", data_root, "--prompts-root", prompts_root, "--output-dir", str(tmp_path), "--workers", "0",
+         "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size", "8", "--input-size", "64", "--no-test"])
+    run = train.main(args)["run_dir"]
+    with pytest.raises(FileExistsError):
+        train.main(train.get_args_parser().parse_args(
+            ["--data-root", data_root, "--prompts-root", prompts_root, "--run-dir", run, "--no-test"]))
+    ev = ["--checkpoint", run, "--data-root", data_root, "--prompts-root", prompts_root, "--workers", "0"]
+    r1 = evaluate.main(evaluate.get_args_parser().parse_args(ev))
+    r2 = evaluate.main(evaluate.get_args_parser().parse_args(ev))
+    assert r1["results_dir"] != r2["results_dir"]
+    assert os.path.exists(os.path.join(r1["results_dir"], "summary.json"))
+    assert r1["dice_mean"] == pytest.approx(r2["dice_mean"])
