@@ -422,7 +422,21 @@ def load_biomedclip_weights(model: BiomedCLIPSeg, folder: Path) -> None:
     logger.info("loaded BiomedCLIP encoders from %s (%d tensors; ignored: %s)", path, len(ours), ignored)
 
 
+# Words the default tiny vocabulary knows whole (anything else is spelled with character pieces).
+TINY_WORDS = ("circle square triangle star round boxy pointed spiky red green blue yellow purple pink small medium "
+              "large one two three located in the of image top bottom left right center which is a shape with "
+              "polyp tumor lesion").split()
+
+
+def default_tiny_vocab() -> str:
+    """A deterministic small WordPiece vocabulary for size='tiny' (written once to the temp folder)."""
+    import tempfile
+    return make_tiny_bert_vocab(Path(tempfile.gettempdir()) / "medvlsm_tiny_bert_vocab", TINY_WORDS)
+
+
 def _make_tokenizer(tokenizer_path, folder: Path | None, context_length: int, size: str):
+    if tokenizer_path is None and folder is None and size == "tiny":
+        tokenizer_path = default_tiny_vocab()
     if tokenizer_path is not None:
         return BertPromptTokenizer(_find_vocab(tokenizer_path), context_length)
     if folder is not None and (folder / "vocab.txt").is_file():

@@ -263,9 +263,10 @@ def test_base_biomedclipseg_without_vocab_fails_only_when_tokenizing():
         model.tokenize(["polyp"])
 
 
-def test_tiny_biomedclipseg_without_vocab_says_how_to_make_one():
-    with pytest.raises(ValueError, match="make_tiny_bert_vocab"):
-        build_biomedclipseg(size="tiny")
+def test_tiny_biomedclipseg_without_vocab_uses_the_default_tiny_vocab():
+    model = build_biomedclipseg(size="tiny")
+    ids = model.tokenize(["red circle", "zebra"])["input_ids"]
+    assert ids.shape[0] == 2 and (ids[0] != ids[1]).any()
 
 
 # ---------------------------------------------------------------------------------------------
