@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -178,6 +179,8 @@ class StopRequested:
 
 
 def main(args) -> dict:
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("models").setLevel(logging.INFO)  # e.g. which decoder tensors biomedclipseg_d copied
     device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
                           ("cpu" if args.device == "auto" else args.device))
     resume_ckpt = None

@@ -491,18 +491,10 @@ def build_biomedclipseg(weights: str | None = None, size: str = "base", input_si
 
 
 def load_pretrained_clipseg(source: str):
-    """``CLIPSegForImageSegmentation`` from a folder (``save_pretrained``) or a hub id (cache first)."""
-    from transformers import CLIPSegForImageSegmentation
-    p = Path(source).expanduser()
-    if p.is_dir():
-        return CLIPSegForImageSegmentation.from_pretrained(str(p))
-    if p.exists():
-        raise ValueError(f"CLIPSeg weights '{source}' is a file; give a folder saved with save_pretrained or a hub id")
-    hint = (f"On a machine with internet run `huggingface-cli download {source}` and copy the Hugging Face "
-            f"cache here, or save it with CLIPSegForImageSegmentation.from_pretrained('{source}')"
-            f".save_pretrained(FOLDER) and pass clipseg_weights=FOLDER.")
-    hub_file(source, "config.json", "pretrained CLIPSeg decoder", hint)  # clear error when not available
-    return CLIPSegForImageSegmentation.from_pretrained(source, local_files_only=_hub_offline())
+    """The pretrained CLIPSeg whose decoder seeds biomedclipseg_d (folder or hub id; clear error offline)."""
+    from .clipseg import load_pretrained_clipseg as load
+    return load(str(Path(source).expanduser()) if Path(source).expanduser().exists() else source,
+                what="pretrained CLIPSeg decoder", how_to_pass="clipseg_weights=FOLDER")
 
 
 def copy_decoder_weights(target: nn.Module, source: nn.Module) -> dict[str, list[str]]:

@@ -58,12 +58,16 @@ def reset_decoder_init(decoder: nn.Module) -> nn.Module:
     return decoder
 
 
-def load_pretrained_clipseg(weights: str):
-    """Load ``CLIPSegForImageSegmentation`` from a hub id or a local ``save_pretrained`` folder, with a clear offline error."""
+def load_pretrained_clipseg(weights: str, what: str = "CLIPSeg weights",
+                            how_to_pass: str = "--weights /path/to/clipseg-rd64-refined"):
+    """``CLIPSegForImageSegmentation`` from a local ``save_pretrained`` folder or a hub id (local cache first).
+
+    Offline and not cached: ``FileNotFoundError`` saying what to download and how to pass it (``how_to_pass``).
+    """
     from transformers import CLIPSegForImageSegmentation
     local = os.path.isdir(weights)
     if not local and (weights.startswith((".", "/", "~")) or os.path.exists(weights)):
-        raise FileNotFoundError(f"CLIPSeg weights '{weights}' is not a folder saved with save_pretrained "
+        raise FileNotFoundError(f"{what} '{weights}' is not a folder saved with save_pretrained "
                                 f"(it needs config.json and model.safetensors)")
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
@@ -74,11 +78,11 @@ def load_pretrained_clipseg(weights: str):
                 raise
         return CLIPSegForImageSegmentation.from_pretrained(weights)
     except (OSError, ValueError) as e:
-        raise RuntimeError(
-            f"could not load CLIPSeg weights '{weights}': {type(e).__name__}: {str(e).splitlines()[0]}\n"
+        raise FileNotFoundError(
+            f"could not load {what} '{weights}': {type(e).__name__}: {str(e).splitlines()[0]}\n"
             f"If this machine is offline, download them elsewhere (`huggingface-cli download {DEFAULT_HUB_ID} "
-            f"--local-dir clipseg-rd64-refined`), copy the folder here and pass `--weights /path/to/clipseg-rd64-refined`; "
-            f"or use `--weights none` for random initialisation.") from e
+            f"--local-dir clipseg-rd64-refined`), copy the folder here and pass {how_to_pass}; "
+            f"or use random initialisation (--weights none).") from e
 
 
 class CLIPSeg(SegModel):

@@ -84,7 +84,7 @@ def test_save_pretrained_folder_loads_back(tmp_path):
 
 def test_offline_hub_id_gives_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match="--weights /path/to/clipseg-rd64-refined"):
+    with pytest.raises(FileNotFoundError, match="--weights /path/to/clipseg-rd64-refined"):
         create_model("clipseg", weights="CIDAS/clipseg-rd64-refined-not-cached")
     with pytest.raises(FileNotFoundError, match="save_pretrained"):
         create_model("clipseg", weights="./no/such/folder")
