@@ -81,6 +81,12 @@ class SegLoss(torch.nn.Module):
 # ----------------------------------------------------------------------------- helpers
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -35,7 +35,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    "'last' for the run named in <output-dir>/last_run.txt")
     p.add_argument("--output-dir", default="runs", help="where train.py wrote last_run.txt (for --checkpoint last)")
     p.add_argument("--data", default=None, help="dataset name(s); default: the training data")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to score (default test)")
     p.add_argument("--prompt", default=None, help="prompt key; default: the training prompt ('random' -> p1)")
     p.add_argument("--manifest", default=None, help="evaluate this manifest file instead (e.g. a perturbed one)")
     p.add_argument("--all-prompts", action="store_true", help="for list-valued prompts, score every text "
@@ -46,12 +46,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--save-masks", action="store_true", help="write predicted masks as PNG at original size")
     p.add_argument("--tag", default="", help="suffix for the results folder name")
     p.add_argument("--results-dir", default=None, help="write results here instead of <run>/eval/... (must not exist)")
-    p.add_argument("--data-root", default="data")
-    p.add_argument("--prompts-root", default="prompts_json")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
-    p.add_argument("--on-bad-sample", choices=["error", "skip"], default="error")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--data-root", default="data", help="folder holding <name>/images and <name>/masks")
+    p.add_argument("--prompts-root", default="prompts_json", help="folder holding <name>/<split>.json")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader worker processes")
+    p.add_argument("--on-bad-sample", choices=["error", "skip"], default="error", help="unreadable samples: stop with a clear message, or skip and list them in summary.json")
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto")
     return p
 
 
@@ -99,8 +99,7 @@ def apply_swap(ds):
 
 
 def main(args) -> dict:
-    device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = engine.pick_device(args.device)
     ckpt_path, run_dir = resolve_checkpoint(args.checkpoint, args.output_dir)
     model, ckpt = engine.model_from_checkpoint(ckpt_path, device)
     targs = ckpt.get("args", {})
@@ -109,6 +108,13 @@ def main(args) -> dict:
     if prompt == "random":
         prompt = "p1"
     threshold = args.threshold if args.threshold is not None else ckpt.get("threshold", model.default_threshold)
+    return evaluate_model(model, args, data, prompt, threshold, os.path.join(run_dir, "eval"), device,
+                          {"checkpoint": ckpt_path})
+
+
+def evaluate_model(model, args, data: str, prompt: str, threshold: float, eval_root: str, device,
+                   extra: dict | None = None) -> dict:
+    """Score ``model`` on ``data``/``args.split`` with ``prompt``; write per_image.csv and summary.json."""
     ds = build_dataset(data, args.split, model=model, prompt=prompt, data_root=args.data_root,
                        prompts_root=args.prompts_root, manifest=args.manifest, all_prompts=args.all_prompts,
                        return_original=True, on_bad_sample=args.on_bad_sample)
@@ -129,7 +135,7 @@ def main(args) -> dict:
         out_dir = args.results_dir
         os.makedirs(out_dir)
     else:
-        out_dir = unique_dir(os.path.join(run_dir, "eval", name))
+        out_dir = unique_dir(os.path.join(eval_root, name))
 
     save_fn = None
     if args.save_masks:
@@ -150,7 +156,7 @@ def main(args) -> dict:
     summary = {"dice_mean": res["dice"], "dice_std": res["dice_std"], "iou_mean": res["iou"],
                "iou_std": res["iou_std"], "n": res["n"], "data": data, "split": args.split, "prompt": prompt,
                "manifest": args.manifest, "swap_prompts": args.swap_prompts, "all_prompts": args.all_prompts,
-               "threshold": threshold, "checkpoint": ckpt_path, "skipped": res["skipped"],
+               "threshold": threshold, **(extra or {}), "skipped": res["skipped"],
                "metric_resolution": "original image size", "empty_mask_rule": "both empty -> 1, one empty -> 0"}
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -49,7 +49,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--attributes", default=",".join(DEFAULT_ATTRIBUTES),
                    help=f"comma-separated, from: {', '.join(PERTURBABLE)}")
     p.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, from: {', '.join(KINDS)}")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed for word choices (same seed, same files)")
     p.add_argument("--words", default=WORD_LIST, help="word list, one word a line ('#' comments)")
     return p
 

@@ -48,7 +48,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="unreadable/invalid samples: stop with a clear message (default) or skip and report them")
     g.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader worker processes")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="clipseg", choices=list_models())
+    g.add_argument("--model", default="clipseg", choices=list_models(), help="model name (default clipseg)")
     g.add_argument("--size", default="auto", choices=["auto", "base", "tiny"],
                    help="architecture size: base = the paper's, tiny = small random config; "
                         "auto = tiny on synthetic data, base otherwise")
@@ -56,20 +56,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    "auto = none for tiny, the model's pretrained weights for base (e.g. CIDAS/clipseg-rd64-refined)")
     g.add_argument("--cris-checkpoint", default=None, help="CRIS only: a checkpoint saved by the original CRIS code")
     g.add_argument("--input-size", type=int, default=None, help="override the model's input size")
-    g.add_argument("--freeze-image-encoder", action="store_true")
-    g.add_argument("--freeze-text-encoder", action="store_true")
+    g.add_argument("--freeze-image-encoder", action="store_true", help="freeze the image encoder (no gradients, eval mode): the paper's frozen-encoder ablation")
+    g.add_argument("--freeze-text-encoder", action="store_true", help="freeze the text encoder")
     g = p.add_argument_group("optimisation (defaults come from --preset)")
     g.add_argument("--preset", default="midl", choices=["midl", "arxiv"],
                    help="paper settings: midl (AdamW wd 1e-3, lr 2e-3 CLIPSeg / 2e-5 CRIS, Dice+0.2 BCE, "
                         "batch 128/32) or arxiv (Adam lr 1e-3, batch 16); CNNs: Adam lr 1e-3, Dice loss")
     g.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 100; 8 for the synthetic demo)")
-    g.add_argument("--batch-size", type=int, default=None)
-    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--batch-size", type=int, default=None, help="batch size (preset: 128 CLIPSeg, 32 CRIS, 16 arxiv/CNN; 32 for the demo)")
+    g.add_argument("--lr", type=float, default=None, help="learning rate (preset: 2e-3 CLIPSeg family, 2e-5 CRIS, 1e-3 CNN/arxiv; 1e-3 for the demo)")
     g.add_argument("--encoder-lr", type=float, default=None, help="separate learning rate for the encoders")
-    g.add_argument("--weight-decay", type=float, default=None)
-    g.add_argument("--optimizer", choices=["adamw", "adam"], default=None)
-    g.add_argument("--loss", choices=["dice+bce", "dice", "bce"], default=None)
-    g.add_argument("--bce-weight", type=float, default=None)
+    g.add_argument("--weight-decay", type=float, default=None, help="weight decay (preset: 1e-3 midl, 0 arxiv/CNN)")
+    g.add_argument("--optimizer", choices=["adamw", "adam"], default=None, help="optimizer (preset)")
+    g.add_argument("--loss", choices=["dice+bce", "dice", "bce"], default=None, help="loss (preset: dice+bce for VLSMs, dice for CNNs)")
+    g.add_argument("--bce-weight", type=float, default=None, help="weight of BCE in dice+bce (preset 0.2)")
     g.add_argument("--lr-patience", type=int, default=5, help="ReduceLROnPlateau (x0.1) patience on val loss")
     g.add_argument("--early-stop", type=int, default=10, help="stop after this many epochs without better val Dice "
                    "(0 = never)")
@@ -84,7 +84,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--output-dir", default="runs", help="runs/<data>/<model>/<prompt>/<timestamp>/ is created here")
     g.add_argument("--run-dir", default=None, help="exact run folder to create (must not exist)")
     g.add_argument("--resume", default=None, help="run folder (or its last.pth) to continue")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="random seed (python, numpy, torch, shuffling)")
     g.add_argument("--device", default="auto", help="cuda, cpu or auto")
     g.add_argument("--no-test", action="store_true", help="skip the test-split evaluation at the end")
     return p
@@ -181,8 +181,7 @@ class StopRequested:
 def main(args) -> dict:
     logging.basicConfig(format="%(message)s")
     logging.getLogger("models").setLevel(logging.INFO)  # e.g. which decoder tensors biomedclipseg_d copied
-    device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = engine.pick_device(args.device)
     resume_ckpt = None
     if args.resume:
         run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume)

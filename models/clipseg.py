@@ -136,7 +136,8 @@ def build_clipseg(weights: str | None = None, size: str = "base", input_size: in
         raise TypeError(f"unknown CLIPSeg options: {', '.join(cfg)}")
     if weights:
         hf = load_pretrained_clipseg(weights)
-        return CLIPSeg(hf, input_size=input_size or 352)
+        native = hf.config.vision_config.image_size  # CLIPSeg runs its 224-px CLIP at 352 px
+        return CLIPSeg(hf, input_size=input_size or (352 if native == 224 else native))
     from transformers import CLIPSegForImageSegmentation
     config = clipseg_config(size, input_size)
     hf = CLIPSegForImageSegmentation(config)
