@@ -80,6 +80,16 @@ def unique_dir(path: str) -> str:
     return path
 
 
+def new_output_dir(explicit: str | None, default: str, what: str = "results") -> str:
+    """Create ``explicit`` (refused if it exists) or a fresh ``default`` (suffixed if taken): never overwrite."""
+    if explicit:
+        if os.path.exists(explicit):
+            raise SystemExit(f"{explicit} exists; {what} are never overwritten")
+        os.makedirs(explicit)
+        return explicit
+    return unique_dir(default)
+
+
 def apply_swap(ds):
     parts = ds.datasets if isinstance(ds, ConcatDataset) else [ds]
     new_parts, dropped = [], 0
@@ -129,13 +139,7 @@ def evaluate_model(model, args, data: str, prompt: str, threshold: float, eval_r
         name += "_swapped"
     if args.tag:
         name += "_" + args.tag
-    if args.results_dir:
-        if os.path.exists(args.results_dir):
-            raise SystemExit(f"--results-dir {args.results_dir} exists; results are never overwritten")
-        out_dir = args.results_dir
-        os.makedirs(out_dir)
-    else:
-        out_dir = unique_dir(os.path.join(eval_root, name))
+    out_dir = new_output_dir(args.results_dir, os.path.join(eval_root, name))
 
     save_fn = None
     if args.save_masks:

@@ -20,7 +20,7 @@ from PIL import Image
 
 import engine
 from datasets import BadSampleError, SegTransform, read_image
-from evaluate import resolve_checkpoint, unique_dir
+from evaluate import new_output_dir, resolve_checkpoint
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -83,13 +83,7 @@ def main(args) -> str:
     ckpt_path, run_dir = resolve_checkpoint(args.checkpoint, args.output_dir)
     model, ckpt = engine.model_from_checkpoint(ckpt_path, device)
     threshold = args.threshold if args.threshold is not None else ckpt.get("threshold", model.default_threshold)
-    if args.out:
-        if os.path.exists(args.out):
-            raise SystemExit(f"--out {args.out} exists; predictions are never overwritten")
-        out = args.out
-        os.makedirs(out)
-    else:
-        out = unique_dir(os.path.join(run_dir, "predict", time.strftime("%Y%m%d-%H%M%S")))
+    out = new_output_dir(args.out, os.path.join(run_dir, "predict", time.strftime("%Y%m%d-%H%M%S")), "predictions")
     files = list_images(args.images)
     n = 0
     for path, img, mask in predict(model, files, args.prompt, threshold, device, args.batch_size):

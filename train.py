@@ -39,8 +39,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data", default="synthetic", help="dataset name, or several joined by commas to pool "
                    "(kvasir, clinicdb, bkai, isic, dfu, camus, busi, chexlocalize, synthetic; default: synthetic)")
-    g.add_argument("--prompt", default="p1", help="prompt key p0..p9, any key in the manifests, or 'random' "
-                   "(a random key per sample per step); default p1")
+    g.add_argument("--prompt", default=None, help="prompt key p0..p9, any key in the manifests, or 'random' "
+                   "(a random key per sample per step); default p1 (class name), p3 (colour + shape) on synthetic")
     g.add_argument("--data-root", default="data", help="folder holding <name>/images and <name>/masks")
     g.add_argument("--prompts-root", default="prompts_json", help="folder holding <name>/{train,val,test}.json")
     g.add_argument("--augment", action="store_true", help="light brightness/contrast augmentation (keeps prompts true)")
@@ -96,6 +96,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         args.size = "tiny" if args.data == "synthetic" else "base"
     if args.weights == "auto":
         args.weights = "none" if args.size == "tiny" else DEFAULT_WEIGHTS[args.model]
+    if args.prompt is None:  # a tiny model from scratch does not learn shape words alone in a few epochs
+        args.prompt = "p3" if args.data == "synthetic" else "p1"
     preset = get_preset(args.model, args.preset)
     demo = args.data == "synthetic" and args.size == "tiny"
     for key in ("batch_size", "lr", "weight_decay", "optimizer", "loss", "bce_weight", "encoder_lr"):

@@ -78,7 +78,10 @@ def create_model(name: str, weights: str | None = None, size: str = "base",
     """
     spec = get_spec(name)
     module_name, fn_name = spec.builder.split(":")
-    builder = getattr(importlib.import_module(module_name), fn_name)
+    try:
+        builder = getattr(importlib.import_module(module_name), fn_name)
+    except ImportError as e:
+        raise ImportError(f"model '{name}' is unavailable: {e}") from e
     if isinstance(weights, str) and weights.lower() == "none":
         weights = None
     model = builder(weights=weights, size=size, **cfg)

@@ -160,13 +160,20 @@ def _wait_for(path, n_lines, proc, timeout=240):
     raise AssertionError("timed out")
 
 
-def test_sigkill_then_resume_finishes_all_epochs(small_synthetic, tmp_path):
-    data_root, prompts_root = small_synthetic
+def _start_and_wait_one_epoch(data_root, prompts_root, tmp_path, epochs):
+    """Start train.py in a subprocess and return (process, run folder, env) once epoch 0 is logged."""
     run = str(tmp_path / "run")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_train_cmd(data_root, prompts_root, str(tmp_path), "--epochs", "3", "--run-dir", run),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    proc = subprocess.Popen(_train_cmd(data_root, prompts_root, str(tmp_path), "--epochs", str(epochs), "--run-dir",
+                                       run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=ROOT)
     _wait_for(os.path.join(run, "metrics.jsonl"), 1, proc)
+    return proc, run, env
+
+
+def test_sigkill_then_resume_finishes_all_epochs(small_synthetic, tmp_path):
+    data_root, prompts_root = small_synthetic
+    proc, run, env = _start_and_wait_one_epoch(data_root, prompts_root, tmp_path, 3)
     while not os.path.exists(os.path.join(run, "last.pth")):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)  # mid-way through epoch 1
@@ -188,11 +195,7 @@ def test_sigkill_then_resume_finishes_all_epochs(small_synthetic, tmp_path):
 
 def test_sigint_saves_last_checkpoint_and_exits_cleanly(small_synthetic, tmp_path):
     data_root, prompts_root = small_synthetic
-    run = str(tmp_path / "run")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_train_cmd(data_root, prompts_root, str(tmp_path), "--epochs", "50", "--run-dir", run),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-    _wait_for(os.path.join(run, "metrics.jsonl"), 1, proc)
+    proc, run, _ = _start_and_wait_one_epoch(data_root, prompts_root, tmp_path, 50)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
