@@ -30,7 +30,7 @@ DEFAULT_WEIGHTS = {"clipseg": "CIDAS/clipseg-rd64-refined", "cris": "openai",
                    "biomedclipseg_d": "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
                    "unet": "imagenet", "unetplusplus": "imagenet", "deeplabv3plus": "imagenet"}
 # The embedded default (tiny model on synthetic data) trains with these unless given on the command line.
-DEMO_DEFAULTS = dict(epochs=8, batch_size=32, lr=1e-3)
+DEMO_DEFAULTS = dict(epochs=6, batch_size=32, lr=1e-3)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -62,7 +62,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--preset", default="midl", choices=["midl", "arxiv"],
                    help="paper settings: midl (AdamW wd 1e-3, lr 2e-3 CLIPSeg / 2e-5 CRIS, Dice+0.2 BCE, "
                         "batch 128/32) or arxiv (Adam lr 1e-3, batch 16); CNNs: Adam lr 1e-3, Dice loss")
-    g.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 100; 8 for the synthetic demo)")
+    g.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 100; 6 for the synthetic demo)")
     g.add_argument("--batch-size", type=int, default=None, help="batch size (preset: 128 CLIPSeg, 32 CRIS, 16 arxiv/CNN; 32 for the demo)")
     g.add_argument("--lr", type=float, default=None, help="learning rate (preset: 2e-3 CLIPSeg family, 2e-5 CRIS, 1e-3 CNN/arxiv; 1e-3 for the demo)")
     g.add_argument("--encoder-lr", type=float, default=None, help="separate learning rate for the encoders")

@@ -218,3 +218,35 @@ def test_run_folders_and_results_are_never_reused(small_synthetic, tmp_path):
     assert r1["results_dir"] != r2["results_dir"]
     assert os.path.exists(os.path.join(r1["results_dir"], "summary.json"))
     assert r1["dice_mean"] == pytest.approx(r2["dice_mean"])
+
+
+# ----------------------------------------------------------------------------- property-based mask reading
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+
+def _encode(mask: np.ndarray, fmt: str) -> Image.Image:
+    if fmt == "L255":
+        return Image.fromarray(mask.astype(np.uint8) * 255)
+    if fmt == "L01":
+        return Image.fromarray(mask.astype(np.uint8))
+    if fmt == "RGB":
+        return Image.fromarray(np.stack([mask.astype(np.uint8) * 255] * 3, axis=2))
+    if fmt == "P":
+        img = Image.fromarray(mask.astype(np.uint8), mode="L").convert("P")
+        img.putpalette([0, 0, 0, 200, 30, 30] + [0] * 762)  # index 1 = a red that is dark in grayscale
+        return img
+    if fmt == "I16":
+        return Image.fromarray(mask.astype(np.uint16) * 65535)
+    raise ValueError(fmt)
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.bool_, st.tuples(st.integers(1, 16), st.integers(1, 16))),
+       st.sampled_from(["L255", "L01", "RGB", "P", "I16"]))
+def test_mask_reading_round_trips_across_formats(tmp_path_factory, mask, fmt):
+    path = str(tmp_path_factory.mktemp("m") / "m.png")
+    _encode(mask, fmt).save(path)
+    assert np.array_equal(read_mask(path), mask)

@@ -18,7 +18,7 @@ def trained_run(tmp_path_factory):
     generate(data_root, prompts_root, seed=3, counts={"train": 500, "val": 40, "test": 40})
     args = train.get_args_parser().parse_args(
         ["--data-root", data_root, "--prompts-root", prompts_root, "--output-dir", str(root / "runs"),
-         "--prompt", "p3", "--epochs", "8", "--batch-size", "32", "--lr", "1e-3", "--workers", "0", "--seed", "0"])
+         "--prompt", "p3", "--epochs", "10", "--batch-size", "32", "--lr", "1e-3", "--workers", "0", "--seed", "0"])
     result = train.main(args)
     return result, data_root, prompts_root
 
@@ -41,7 +41,7 @@ def test_run_folder_contents_and_metrics_at_original_size(trained_run):
         assert os.path.exists(os.path.join(run, name)), name
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(run))
     rows = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
-    assert len(rows) == 8 and rows[-1]["val_loss"] < rows[0]["val_loss"]
+    assert len(rows) == 10 and rows[-1]["val_loss"] < rows[0]["val_loss"]
     summary = json.load(open(os.path.join(result["test"]["results_dir"], "summary.json")))
     assert summary["metric_resolution"] == "original image size" and summary["n"] > 80
 
