@@ -15,9 +15,8 @@ $(STAMP): requirements.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) train.py
-	$(PY) evaluate.py --checkpoint last
-	$(PY) evaluate.py --checkpoint last --swap-prompts
+	$(PY) train.py                                   # trains, then scores the test split at original size
+	$(PY) evaluate.py --checkpoint last --swap-prompts   # control: prompts naming another object
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
