@@ -122,6 +122,11 @@ def main(args) -> dict:
                           {"checkpoint": ckpt_path})
 
 
+def _default_manifest(prompts_root: str, data: str, split: str) -> str | None:
+    """The manifest file evaluated for a single dataset (None for pooled data)."""
+    return None if "," in data else os.path.abspath(os.path.join(prompts_root, data, f"{split}.json"))
+
+
 def evaluate_model(model, args, data: str, prompt: str, threshold: float, eval_root: str, device,
                    extra: dict | None = None) -> dict:
     """Score ``model`` on ``data``/``args.split`` with ``prompt``; write per_image.csv and summary.json."""
@@ -159,7 +164,8 @@ def evaluate_model(model, args, data: str, prompt: str, threshold: float, eval_r
         w.writerows(rows)
     summary = {"dice_mean": res["dice"], "dice_std": res["dice_std"], "iou_mean": res["iou"],
                "iou_std": res["iou_std"], "n": res["n"], "data": data, "split": args.split, "prompt": prompt,
-               "manifest": args.manifest, "swap_prompts": args.swap_prompts, "all_prompts": args.all_prompts,
+               "manifest": args.manifest or _default_manifest(args.prompts_root, data, args.split),
+               "swap_prompts": args.swap_prompts, "all_prompts": args.all_prompts,
                "threshold": threshold, **(extra or {}), "skipped": res["skipped"],
                "metric_resolution": "original image size", "empty_mask_rule": "both empty -> 1, one empty -> 0"}
     with open(os.path.join(out_dir, "summary.json"), "w") as f:

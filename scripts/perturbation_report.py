@@ -103,7 +103,7 @@ def find_baseline(summary: dict, stem: str, baselines: list[dict]) -> dict | Non
     if exact:
         return exact[0]
     by_name = [b for b in same if _manifest_name(b) == os.path.basename(source)]
-    return by_name[0] if len(by_name) == 1 else None
+    return by_name[-1] if by_name else None  # repeated evaluations of the same model and prompt agree
 
 
 def relative_change(perturbed: float, baseline: float) -> float:
