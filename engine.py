@@ -313,3 +313,17 @@ def make_grid_images(batch: dict, logits: torch.Tensor, mean, std, n: int = 4) -
     pred = torch.sigmoid(upsample_logits(logits[:n].float().cpu(), imgs.shape[-2:])).repeat(1, 3, 1, 1)
     rows = [torch.cat([imgs[i], gt[i], pred[i]], dim=2) for i in range(imgs.shape[0])]
     return torch.cat(rows, dim=1)
+
+
+def run_cli(main, parser) -> None:
+    """Run a script's ``main``; user-facing errors (bad files, manifests, missing weights) print one clear line
+    instead of a traceback.  Set VLSM_DEBUG=1 to see the traceback."""
+    from datasets import BadSampleError, ManifestError
+    args = parser.parse_args()
+    try:
+        main(args)
+    except (BadSampleError, ManifestError, FileNotFoundError, FileExistsError, ImportError, ValueError) as e:
+        if os.environ.get("VLSM_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

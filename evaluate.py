@@ -179,4 +179,4 @@ def evaluate_model(model, args, data: str, prompt: str, threshold: float, eval_r
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    engine.run_cli(main, get_args_parser())

@@ -99,4 +99,4 @@ def main(args) -> str:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    engine.run_cli(main, get_args_parser())

@@ -340,4 +340,4 @@ def _log_images(writer, model, batch, device, epoch):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    engine.run_cli(main, get_args_parser())

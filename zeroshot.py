@@ -59,4 +59,4 @@ def main(args) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    engine.run_cli(main, get_args_parser())

@@ -85,7 +85,8 @@ BERT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # Hub / offline helpers
 # ----------------------------------------------------------------------------------------------
 def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    from .hub import offline
+    return offline()
 
 
 def hub_file(repo_id: str, filename: str, what: str, hint: str) -> str:
@@ -104,7 +105,7 @@ def hub_file(repo_id: str, filename: str, what: str, hint: str) -> str:
         else:  # pragma: no cover
             cause = ""
     else:
-        cause = "HF_HUB_OFFLINE is set"
+        cause = "offline: HF_HUB_OFFLINE/VLSM_OFFLINE set or huggingface.co unreachable"
     raise FileNotFoundError(
         f"{what}: '{filename}' of hub repo '{repo_id}' is not in the local Hugging Face cache and cannot "
         f"be downloaded ({cause}). {hint}")

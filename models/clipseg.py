@@ -69,7 +69,8 @@ def load_pretrained_clipseg(weights: str, what: str = "CLIPSeg weights",
     if not local and (weights.startswith((".", "/", "~")) or os.path.exists(weights)):
         raise FileNotFoundError(f"{what} '{weights}' is not a folder saved with save_pretrained "
                                 f"(it needs config.json and model.safetensors)")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    from .hub import offline as hub_offline
+    offline = hub_offline()
     try:
         try:  # the local folder or the Hugging Face cache first: no network round trips
             return CLIPSegForImageSegmentation.from_pretrained(weights, local_files_only=True)

@@ -630,7 +630,8 @@ def save_cris_checkpoint(model: CRIS, path: str, epoch: int = 0, cur_iou: float 
 # OpenAI CLIP RN50 weights
 # --------------------------------------------------------------------------------------------
 def _offline() -> bool:
-    return any(os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "VLSM_OFFLINE"))
+    from .hub import offline
+    return offline()
 
 
 def _cached_openai_rn50() -> str | None:
