@@ -475,6 +475,10 @@ def _build(weights, size, input_size, extract_layers, tokenizer_path, decoder_kw
     model.decoder_config = dec_config
     if folder is not None:
         load_biomedclip_weights(model, folder)
+    # checkpoints rebuild the skeleton without the weights folder: keep its vocabulary and sizes
+    model.extra_build_args = {"input_size": model.input_size, "extract_layers": list(layers)}
+    if getattr(tokenizer, "vocab_file", None):
+        model.extra_build_args["tokenizer_path"] = tokenizer.vocab_file
     return model
 
 

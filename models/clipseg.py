@@ -131,17 +131,22 @@ class CLIPSeg(SegModel):
         return logits.reshape(b, 1, logits.shape[-2], logits.shape[-1])
 
 
-def build_clipseg(weights: str | None = None, size: str = "base", input_size: int | None = None, **cfg) -> CLIPSeg:
-    """``weights``: None (random init of ``size``), a hub id such as ``CIDAS/clipseg-rd64-refined``, or a local folder."""
+def build_clipseg(weights: str | None = None, size: str = "base", input_size: int | None = None,
+                  config: dict | None = None, **cfg) -> CLIPSeg:
+    """``weights``: None (random init of ``size``, or of ``config``, a CLIPSegConfig dict), a hub id such as
+    ``CIDAS/clipseg-rd64-refined``, or a local folder."""
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
     if cfg:
         raise TypeError(f"unknown CLIPSeg options: {', '.join(cfg)}")
     if weights:
         hf = load_pretrained_clipseg(weights)
         native = hf.config.vision_config.image_size  # CLIPSeg runs its 224-px CLIP at 352 px
-        return CLIPSeg(hf, input_size=input_size or (352 if native == 224 else native))
-    from transformers import CLIPSegForImageSegmentation
-    config = clipseg_config(size, input_size)
-    hf = CLIPSegForImageSegmentation(config)
-    reset_decoder_init(hf.decoder)
-    default_size = 352 if size == "base" else 96
-    return CLIPSeg(hf, input_size=input_size or default_size)
+        model = CLIPSeg(hf, input_size=input_size or (352 if native == 224 else native))
+    else:
+        hf_config = CLIPSegConfig.from_dict(config) if config else clipseg_config(size, input_size)
+        hf = CLIPSegForImageSegmentation(hf_config)
+        reset_decoder_init(hf.decoder)
+        model = CLIPSeg(hf, input_size=input_size or (352 if size == "base" else 96))
+    # checkpoints rebuild exactly this architecture, whatever folder the weights came from
+    model.extra_build_args = {"config": hf.config.to_dict(), "input_size": model.input_size}
+    return model

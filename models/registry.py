@@ -52,6 +52,9 @@ MODEL_SPECS: dict[str, ModelSpec] = {
 }
 
 
+WEIGHT_OPTIONS = {"cris_checkpoint", "clipseg_weights"}  # options that only load weights
+
+
 def list_models() -> list[str]:
     return list(MODEL_SPECS)
 
@@ -86,7 +89,10 @@ def create_model(name: str, weights: str | None = None, size: str = "base",
         weights = None
     model = builder(weights=weights, size=size, **cfg)
     model.name = name
-    model.build_args = dict(weights=None, size=size, **cfg)  # rebuild skeleton; weights come from checkpoints
+    # How to rebuild the architecture without loading weights again (checkpoints carry the weights):
+    # weight-loading options are dropped; a builder may add what the skeleton needs (model.extra_build_args).
+    skeleton_cfg = {k: v for k, v in cfg.items() if k not in WEIGHT_OPTIONS}
+    model.build_args = {"weights": None, "size": size, **skeleton_cfg, **getattr(model, "extra_build_args", {})}
     if freeze_image_encoder or freeze_text_encoder:
         model.freeze(image=freeze_image_encoder, text=freeze_text_encoder)
     return model

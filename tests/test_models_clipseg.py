@@ -96,3 +96,18 @@ def test_full_size_clipseg_matches_the_paper_parameter_count():
     total = m.parameter_counts()["total"]
     assert 150.5e6 < total < 151.0e6  # paper: ~150.7M
     assert sum(p.numel() for p in m.hf.decoder.parameters()) == pytest.approx(1.13e6, rel=0.05)
+
+
+def test_checkpoint_rebuild_args_reproduce_a_model_loaded_from_a_folder(tmp_path):
+    """A model fine-tuned from a local folder is rebuilt from its checkpoint without that folder."""
+    m = create_model("clipseg", size="tiny").eval()
+    m.hf.save_pretrained(tmp_path / "w")
+    loaded = create_model("clipseg", weights=str(tmp_path / "w")).eval()
+    torch.save({"build_args": loaded.build_args, "model": loaded.state_dict()}, tmp_path / "ck.pth")
+    ck = torch.load(tmp_path / "ck.pth", weights_only=True)
+    rebuilt = create_model("clipseg", **ck["build_args"]).eval()
+    rebuilt.load_state_dict(ck["model"])
+    x = torch.randn(1, 3, 96, 96)
+    tok = m.tokenize(["red circle"])
+    diff = (rebuilt(x, **tok) - loaded(x, **tok)).abs().max().item()
+    assert rebuilt.input_size == 96 and diff < 1e-5, diff
