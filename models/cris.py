@@ -761,3 +761,30 @@ def build_cris(weights: str | None = None, size: str = "base", word_len: int | N
     if cris_checkpoint:
         load_cris_checkpoint(model, cris_checkpoint)
     return model
+
+
+# --------------------------------------------------------------------------------------------
+# Command line: export a checkpoint of this project to the original CRIS format
+# --------------------------------------------------------------------------------------------
+def export_main(argv: list[str] | None = None) -> str:
+    """``python -m models.cris RUN_OR_PTH OUT.pth``: a CRIS trained with train.py -> original ``test.py`` format."""
+    import argparse
+
+    import engine
+    p = argparse.ArgumentParser("python -m models.cris", description=export_main.__doc__)
+    p.add_argument("checkpoint", help="run folder (best.pth) or .pth written by train.py --model cris")
+    p.add_argument("out", help="output .pth in the original CRIS format (must not exist)")
+    args = p.parse_args(argv)
+    if os.path.exists(args.out):
+        raise SystemExit(f"{args.out} exists; refusing to overwrite it")
+    model, ckpt = engine.model_from_checkpoint(args.checkpoint)
+    if not isinstance(model, CRIS):
+        raise SystemExit(f"{args.checkpoint} holds a '{ckpt.get('model_name')}' model, not CRIS")
+    path = save_cris_checkpoint(model, args.out, epoch=int(ckpt.get("epoch", 0)),
+                                best_iou=float(ckpt.get("best_dice", 0.0)))
+    print(f"wrote {path} (original CRIS format, keys prefixed 'module.')")
+    return path
+
+
+if __name__ == "__main__":
+    export_main()

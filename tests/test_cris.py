@@ -301,3 +301,21 @@ def test_clip_weights_from_torchscript_archive(tmp_path):
     ref = clip.state_dict()
     for k in ("visual.layer4.0.conv2.weight", "transformer.resblocks.0.mlp.c_fc.weight", "ln_final.bias"):
         assert torch.equal(model.backbone.state_dict()[k], ref[k]), k
+
+
+def test_train_py_cris_checkpoint_exports_to_the_original_format(small_synthetic, tmp_path):
+    import engine
+    import train
+    from models.cris import export_main, load_cris_checkpoint
+    data_root, prompts_root = small_synthetic
+    run = train.main(train.get_args_parser().parse_args(
+        ["--model", "cris", "--data-root", data_root, "--prompts-root", prompts_root, "--output-dir", str(tmp_path),
+         "--workers", "0", "--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "4", "--input-size", "64",
+         "--no-test"]))["run_dir"]
+    out = export_main([run, str(tmp_path / "orig.pth")])
+    sd = torch.load(out, weights_only=True)["state_dict"]
+    assert all(k.startswith("module.") for k in sd)
+    model, _ = engine.model_from_checkpoint(run)
+    fresh = build_cris(size="tiny", input_size=64)
+    load_cris_checkpoint(fresh, out)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))

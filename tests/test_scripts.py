@@ -61,3 +61,15 @@ def test_predict_writes_masks_at_original_size(small_synthetic, tmp_path):
     with pytest.raises(SystemExit, match="never overwritten"):
         predict.main(predict.get_args_parser().parse_args(
             ["--checkpoint", run, "--images", str(img_dir), "--out", out]))
+
+
+@pytest.mark.parametrize("model", ["clipseg", "cris", "biomedclipseg", "biomedclipseg_d", "unet", "unetplusplus",
+                                   "deeplabv3plus"])
+def test_every_model_trains_and_evaluates_through_train_py(small_synthetic, tmp_path, model):
+    data_root, prompts_root = small_synthetic
+    res = train.main(train.get_args_parser().parse_args(
+        ["--model", model, "--size", "tiny", "--data-root", data_root, "--prompts-root", prompts_root,
+         "--output-dir", str(tmp_path), "--workers", "0", "--epochs", "1", "--max-steps-per-epoch", "2",
+         "--batch-size", "4", "--input-size", "64"]))
+    assert 0.0 <= res["best_val_dice"] <= 1.0 and res["test"]["n"] > 0
+    assert os.path.exists(os.path.join(res["run_dir"], "best.pth"))
