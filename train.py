@@ -154,7 +154,7 @@ def make_loaders(args, model, device):
 
 
 class StopRequested:
-    """SIGINT/SIGTERM: finish cleanly (save last.pth) instead of dying mid-write."""
+    """SIGINT/SIGTERM: stop at the next step boundary instead of dying mid-write; last.pth stays intact."""
 
     def __init__(self):
         self.stop = False
@@ -169,7 +169,7 @@ class StopRequested:
         if self.stop:  # second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.stop = True
-        print(f"\nsignal {signum}: stopping after this step and saving last.pth (Ctrl-C again to abort)", flush=True)
+        print(f"\nsignal {signum}: stopping after this step; last.pth keeps the last finished epoch", flush=True)
 
     def __exit__(self, *exc):
         for sig, h in self._old.items():
@@ -224,6 +224,8 @@ def main(args) -> dict:
         best, best_epoch = resume_ckpt["best_dice"], resume_ckpt["best_epoch"]
         global_step = resume_ckpt.get("global_step", 0)
         engine.set_rng_state(resume_ckpt["rng"])
+        if "loader_rng" in resume_ckpt:  # the next epoch's shuffle is the one an uninterrupted run would draw
+            train_loader.generator.set_state(resume_ckpt["loader_rng"])
         _truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), start_epoch)
         print(f"resumed {run_dir} at epoch {start_epoch} (best val Dice {best:.4f} at epoch {best_epoch})")
     else:
@@ -243,8 +245,11 @@ def main(args) -> dict:
                 "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
                 "best_dice": best, "best_epoch": best_epoch, "global_step": global_step,
                 "model_name": args.model, "build_args": model.build_args, "args": vars(args),
-                "rng": engine.rng_state(), "threshold": threshold}
+                "rng": engine.rng_state(), "loader_rng": train_loader.generator.get_state(),
+                "threshold": threshold}
 
+    if resume_ckpt is None:  # last.pth always holds an epoch boundary, so every resume is exact
+        engine.atomic_torch_save(checkpoint(0), os.path.join(run_dir, "last.pth"))
     vis_batch = next(iter(val_loader))  # the same few validation images every epoch in TensorBoard
     t_start = time.time()
     stopped_by = "epochs"
@@ -290,10 +295,11 @@ def main(args) -> dict:
             writer.close()
             raise SystemExit(f"stopped: {e}. The last good checkpoint is {run_dir}/last.pth")
         except KeyboardInterrupt:
-            ck = checkpoint(epoch)  # resume repeats the interrupted epoch
-            engine.atomic_torch_save(ck, os.path.join(run_dir, "last.pth"))
+            # last.pth already holds the end of the previous epoch (or the start); the half-done epoch is not
+            # saved over it, so a resume repeats that epoch and gives what an uninterrupted run gives
             writer.close()
-            print(f"interrupted: saved {run_dir}/last.pth; continue with  python train.py --resume {run_dir}")
+            print(f"interrupted in epoch {epoch}: {run_dir}/last.pth holds the state after {epoch} finished "
+                  f"epoch(s); continue with  python train.py --resume {run_dir}", flush=True)
             sys.exit(130)
     writer.close()
     print(f"stopped by {stopped_by}; best val Dice {best:.4f} at epoch {best_epoch}; "

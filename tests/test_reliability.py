@@ -174,7 +174,8 @@ def _start_and_wait_one_epoch(data_root, prompts_root, tmp_path, epochs):
 def test_sigkill_then_resume_finishes_all_epochs(small_synthetic, tmp_path):
     data_root, prompts_root = small_synthetic
     proc, run, env = _start_and_wait_one_epoch(data_root, prompts_root, tmp_path, 3)
-    while not os.path.exists(os.path.join(run, "last.pth")):
+    last = os.path.join(run, "last.pth")
+    while engine.load_checkpoint(last)["epoch"] < 1:  # written at the start, then after every epoch
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)  # mid-way through epoch 1
     proc.wait()
@@ -199,8 +200,41 @@ def test_sigint_saves_last_checkpoint_and_exits_cleanly(small_synthetic, tmp_pat
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
-    assert "interrupted: saved" in out and "Traceback" not in out
+    assert "interrupted in epoch" in out and "--resume" in out and "Traceback" not in out
     assert engine.load_checkpoint(os.path.join(run, "last.pth"))["epoch"] >= 1
+
+
+def test_resume_after_interrupt_matches_an_uninterrupted_run(small_synthetic, tmp_path, monkeypatch):
+    data_root, prompts_root = small_synthetic
+
+    def run(name, *extra):
+        args = train.get_args_parser().parse_args(
+            _train_cmd(data_root, prompts_root, str(tmp_path), "--epochs", "3", "--run-dir", str(tmp_path / name),
+                       *extra)[2:])
+        return train.main(args)
+
+    run("straight")
+    real = engine.train_one_epoch
+
+    def interrupted_in_epoch_1(*a, **kw):
+        if a[5] == 1:  # epoch 1: do two steps (weights and RNG move on), then Ctrl-C
+            real(*a, **{**kw, "max_steps": 2})
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(engine, "train_one_epoch", interrupted_in_epoch_1)
+    with pytest.raises(SystemExit) as e:
+        run("cut")
+    assert e.value.code == 130
+    assert engine.load_checkpoint(str(tmp_path / "cut" / "last.pth"))["epoch"] == 1
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+    train.main(train.get_args_parser().parse_args(["--resume", str(tmp_path / "cut"), "--workers", "0"]))
+    a = [json.loads(x) for x in open(tmp_path / "straight" / "metrics.jsonl")]
+    b = [json.loads(x) for x in open(tmp_path / "cut" / "metrics.jsonl")]
+    assert [r["epoch"] for r in b] == [0, 1, 2]
+    for ra, rb in zip(a, b):
+        for k in ("train_loss", "val_loss", "val_dice", "lr"):
+            assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-6), (ra["epoch"], k)
 
 
 def test_run_folders_and_results_are_never_reused(small_synthetic, tmp_path):
