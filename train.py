@@ -297,8 +297,12 @@ def main(args) -> dict:
         except KeyboardInterrupt:
             # last.pth already holds the end of the previous epoch (or the start); the half-done epoch is not
             # saved over it, so a resume repeats that epoch and gives what an uninterrupted run gives
+            # the weights of the half-done epoch go to interrupted.pth (weights only, never resumed from)
+            ck = {k: v for k, v in checkpoint(epoch).items() if k not in ("optimizer", "scheduler", "scaler")}
+            engine.atomic_torch_save({**ck, "interrupted_in_epoch": epoch}, os.path.join(run_dir, "interrupted.pth"))
             writer.close()
-            print(f"interrupted in epoch {epoch}: {run_dir}/last.pth holds the state after {epoch} finished "
+            print(f"interrupted in epoch {epoch}: saved the current weights to {run_dir}/interrupted.pth "
+                  f"(evaluate.py --checkpoint FILE takes it); last.pth holds the state after {epoch} finished "
                   f"epoch(s); continue with  python train.py --resume {run_dir}", flush=True)
             sys.exit(130)
     writer.close()

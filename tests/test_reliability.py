@@ -202,6 +202,10 @@ def test_sigint_saves_last_checkpoint_and_exits_cleanly(small_synthetic, tmp_pat
     assert proc.returncode == 130, out
     assert "interrupted in epoch" in out and "--resume" in out and "Traceback" not in out
     assert engine.load_checkpoint(os.path.join(run, "last.pth"))["epoch"] >= 1
+    cut = engine.load_checkpoint(os.path.join(run, "interrupted.pth"))  # the half-done epoch's weights
+    assert cut["interrupted_in_epoch"] >= 1 and "optimizer" not in cut
+    model, _ = engine.model_from_checkpoint(os.path.join(run, "interrupted.pth"))
+    assert model.input_size == 64
 
 
 def test_resume_after_interrupt_matches_an_uninterrupted_run(small_synthetic, tmp_path, monkeypatch):
