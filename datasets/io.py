@@ -4,7 +4,7 @@ Mask rule (stated in ``--help`` of the scripts and in docs/reliability.md):
 - a mask is read as one channel: RGB(A) masks take the maximum over colour channels,
   palette masks use their palette colours, 16-bit masks are kept at 16 bits;
 - masks whose values are only {0, 1} are taken as binary as they are;
-- otherwise foreground = value >= 128 for 8-bit masks (>= 32768 for 16-bit), so JPEG noise is ignored;
+- otherwise foreground = value >= 128 (>= 32768 when values exceed 255: 16-bit masks), so JPEG noise is ignored;
 - a mask with several small integer labels (e.g. {0,1,2,3}) is a label map and is refused.
 """
 from __future__ import annotations
@@ -64,7 +64,15 @@ def read_image(path: str, draft_size: int | None = None) -> tuple[Image.Image, t
 
 
 def mask_to_binary(arr: np.ndarray, path: str = "<array>", threshold: int | None = None) -> np.ndarray:
-    """Binarise a single-channel mask array following the module's rule; returns bool HxW."""
+    """Binarise a mask array following the module's rule; returns bool HxW.
+
+    The one binarisation rule of the project: ``read_mask`` and the dataset converters both use it.
+    RGB(A) arrays take the maximum over the colour channels first.
+    """
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):  # np.maximum is ~10x faster than .max(axis=2) here
+        arr = np.maximum(np.maximum(arr[..., 0], arr[..., 1]), arr[..., 2])
+    elif arr.ndim == 3 and arr.shape[2] in (1, 2):  # gray (+ alpha)
+        arr = arr[..., 0]
     if arr.ndim != 2:
         raise BadSampleError(f"mask {path} has shape {arr.shape}; expected a single-channel image")
     if arr.dtype == bool:
@@ -73,13 +81,14 @@ def mask_to_binary(arr: np.ndarray, path: str = "<array>", threshold: int | None
     if vmax <= 1:
         return arr >= 1
     if threshold is None:
-        threshold = 32768 if arr.dtype == np.uint16 or vmax > 255 else 128
+        threshold = 32768 if vmax > 255 else 128
     if vmax < threshold:
         values = np.unique(arr)
         if len(values) <= 16:
             raise BadSampleError(
                 f"mask {path} has values {values.tolist()[:8]}: it looks like a label map, not a binary mask. "
-                f"Convert it with `python -m datasets.prepare` or save it as 0/255")
+                f"Save it as 0/255, or convert the release with `python -m datasets.prepare` (which decodes the "
+                f"label maps of the datasets it knows)")
         raise BadSampleError(f"mask {path} has no value >= {threshold} (max {vmax}): it would be empty after "
                              f"binarising; save masks as 0/255 (or 0/1)")
     return arr >= threshold
@@ -91,7 +100,7 @@ def read_mask(path: str, threshold: int | None = None) -> np.ndarray:
     if img.mode == "P":
         img = img.convert("RGB")
     if img.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LA"):
-        arr = np.asarray(img.convert("RGB")).max(axis=2)
+        arr = np.asarray(img.convert("RGB"))
     elif img.mode == "1":
         arr = np.asarray(img).astype(np.uint8)
     elif img.mode.startswith("I;16") or img.mode == "I":

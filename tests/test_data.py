@@ -89,6 +89,20 @@ def test_mask_formats_read_the_same(tmp_path, mode):
     assert np.array_equal(read_mask(path), truth)
 
 
+def test_16_bit_mask_with_8_bit_values_and_converters_share_the_rule(tmp_path):
+    from datasets.converters.common import PrepareError, binarise
+    from datasets.io import mask_to_binary
+    m = np.zeros((20, 20), np.uint16)
+    m[2:6, 3:9] = 255  # a 16-bit file holding 0/255
+    Image.fromarray(m).save(tmp_path / "m16.png")
+    assert read_mask(str(tmp_path / "m16.png")).sum() == 24
+    rgb = np.zeros((20, 20, 3), np.uint8)
+    rgb[4:8, 4:8, 1] = 200
+    assert binarise(rgb).sum() == 16 and np.array_equal(binarise(rgb), mask_to_binary(rgb))
+    with pytest.raises(PrepareError, match="label map"):
+        binarise(np.array([[0, 1], [2, 3]], np.uint8), "labels.png")
+
+
 def test_mask_values_0_1_and_jpeg_noise(tmp_path):
     m = np.zeros((20, 20), np.uint8)
     m[5:10, 5:10] = 1

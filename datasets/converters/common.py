@@ -29,6 +29,8 @@ from typing import Callable, Union
 import numpy as np
 from PIL import Image
 
+from ..io import BadSampleError, mask_to_binary
+
 Image.MAX_IMAGE_PIXELS = 20000 * 20000
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -162,18 +164,11 @@ def pair_by_stem(images: dict[str, str], masks: dict[str, str], mask_key: Callab
 
 # ------------------------------------------------------------------------------------------------ masks
 def binarise(arr: np.ndarray, path: str = "<array>") -> np.ndarray:
-    """Binary mask (bool HxW) from a single-channel or RGB(A) array, by the module's rule."""
-    if arr.ndim == 3:  # channel maximum (np.maximum is ~10x faster than .max(axis=2) here)
-        arr = np.maximum(np.maximum(arr[..., 0], arr[..., 1]), arr[..., 2]) if arr.shape[2] >= 3 else arr[..., 0]
-    if arr.ndim != 2:
-        raise PrepareError(f"mask {path} has shape {arr.shape}; expected a 2-D mask")
-    if arr.dtype == bool:
-        return arr
-    vmax = int(arr.max()) if arr.size else 0
-    if vmax <= 1:
-        return arr >= 1
-    threshold = 32768 if vmax > 255 else 128
-    return arr >= threshold
+    """Binary mask (bool HxW) by the project's one rule (``datasets.io.mask_to_binary``); errors name the file."""
+    try:
+        return mask_to_binary(arr, path)
+    except BadSampleError as e:
+        raise PrepareError(str(e)) from None
 
 
 def read_array(path: str) -> np.ndarray:
