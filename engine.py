@@ -44,6 +44,11 @@ def upsample_logits(logits: torch.Tensor, size) -> torch.Tensor:
     return x[0] if squeeze else x
 
 
+def mask_at_size(logits: torch.Tensor, size, threshold: float) -> torch.Tensor:
+    """One image's (1,h,w) logits -> bool (H, W) mask on the CPU: bilinear upsampling, sigmoid, threshold."""
+    return (torch.sigmoid(upsample_logits(logits, size)[0]) > threshold).cpu()
+
+
 # ----------------------------------------------------------------------------- loss
 
 
@@ -151,12 +156,13 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch: int, scale
             optimizer.step()
         bs = batch["image"].shape[0]
         n += bs
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + v.item() * bs
+        values = {k: v.item() for k, v in losses.items()}
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v * bs
         global_step += 1
         if writer is not None and global_step % log_every == 0:
-            writer.add_scalar("train/loss_step", loss.item(), global_step)
-        pbar.set_postfix(loss=f"{loss.item():.4f}")
+            writer.add_scalar("train/loss_step", values["loss"], global_step)
+        pbar.set_postfix(loss=f"{values['loss']:.4f}")
         if on_step is not None:
             on_step(step)
         if max_steps is not None and step + 1 >= max_steps:
@@ -190,11 +196,9 @@ def evaluate(model, loader, device, threshold: float = 0.5, amp: bool = False, l
         for i in range(logits.shape[0]):
             if original_size and "orig_mask" in batch:
                 target = batch["orig_mask"][i]
-                prob = torch.sigmoid(upsample_logits(logits[i], target.shape)[0])
             else:
                 target = batch["mask"][i, 0] >= 0.5
-                prob = torch.sigmoid(upsample_logits(logits[i], target.shape)[0])
-            pred = (prob > threshold).cpu()
+            pred = mask_at_size(logits[i], target.shape, threshold)
             d, j = dice_iou(pred, target)
             rows.append({"dataset": batch["dataset"][i], "img_name": batch["name"][i],
                          "mask_name": batch["mask_name"][i], "prompt": batch["text"][i], "dice": d, "iou": j,
@@ -251,8 +255,8 @@ def atomic_torch_save(obj, path: str) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
-             "numpy": np.random.get_state()[1].tolist(), "numpy_pos": int(np.random.get_state()[2]),
+    py, npy = random.getstate(), np.random.get_state()
+    state = {"python": list(py[1]), "python_pos": py[2], "numpy": npy[1].tolist(), "numpy_pos": int(npy[2]),
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -267,15 +271,34 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def checkpoint_file(path: str) -> str:
+    """A run folder's best.pth (else last.pth); a file path is returned as it is."""
+    if not os.path.isdir(path):
+        return path
+    for name in ("best.pth", "last.pth"):
+        if os.path.exists(os.path.join(path, name)):
+            return os.path.join(path, name)
+    raise FileNotFoundError(f"run folder {path} has no best.pth or last.pth")
+
+
+def new_dir(explicit: str | None, default: str, exists_error: Exception) -> str:
+    """Create ``explicit`` (raise ``exists_error`` if it exists) or ``default``, suffixed -1, -2, ... when taken:
+    a run or results folder is never reused."""
+    if explicit:
+        if os.path.exists(explicit):
+            raise exists_error
+        path = explicit
+    else:
+        path, k = default, 1
+        while os.path.exists(path):
+            path, k = f"{default}-{k}", k + 1
+    os.makedirs(path)
+    return path
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """Load a checkpoint safely (``weights_only=True``): a pickle that needs arbitrary code is refused."""
-    if os.path.isdir(path):
-        for name in ("best.pth", "last.pth"):
-            if os.path.exists(os.path.join(path, name)):
-                path = os.path.join(path, name)
-                break
-        else:
-            raise FileNotFoundError(f"run folder {path} has no best.pth or last.pth")
+    path = checkpoint_file(path)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
         return {"model": load_file(path, device=str(map_location))}
@@ -287,8 +310,6 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         raise RuntimeError(f"refusing to load {path}: it is not a plain-tensor checkpoint that loads with "
                            f"weights_only=True ({type(e).__name__}: {str(e).splitlines()[0][:200]}). Only load "
                            f"checkpoints you trust; convert them to safetensors or a state_dict of tensors") from None
-
-
 
 
 def model_from_checkpoint(path: str, device="cpu"):

@@ -19,7 +19,6 @@ import json
 import os
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader
 
@@ -62,32 +61,15 @@ def resolve_checkpoint(path: str, output_dir: str = "runs") -> tuple[str, str]:
         if not os.path.exists(marker):
             raise SystemExit(f"--checkpoint last: {marker} not found; train a model first or pass a run folder")
         path = open(marker).read().strip()
-    if os.path.isdir(path):
-        for name in ("best.pth", "last.pth"):
-            if os.path.exists(os.path.join(path, name)):
-                return os.path.join(path, name), path
-        raise SystemExit(f"run folder {path} has no best.pth or last.pth")
     if not os.path.exists(path):
         raise SystemExit(f"checkpoint {path} not found")
-    return path, os.path.dirname(os.path.abspath(path))
-
-
-def unique_dir(path: str) -> str:
-    base, k = path, 1
-    while os.path.exists(path):
-        path, k = f"{base}-{k}", k + 1
-    os.makedirs(path)
-    return path
+    file = engine.checkpoint_file(path)
+    return file, path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
 
 
 def new_output_dir(explicit: str | None, default: str, what: str = "results") -> str:
     """Create ``explicit`` (refused if it exists) or a fresh ``default`` (suffixed if taken): never overwrite."""
-    if explicit:
-        if os.path.exists(explicit):
-            raise SystemExit(f"{explicit} exists; {what} are never overwritten")
-        os.makedirs(explicit)
-        return explicit
-    return unique_dir(default)
+    return engine.new_dir(explicit, default, SystemExit(f"{explicit} exists; {what} are never overwritten"))
 
 
 def apply_swap(ds):

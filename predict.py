@@ -74,8 +74,7 @@ def predict(model, files: list[str], prompt: str, threshold: float, device, batc
             continue
         logits = engine.forward_batch(model, {"image": torch.stack(xs), "text": [prompt] * len(xs)}, device)
         for path, img, lg in zip(chunk, pils, logits):
-            prob = torch.sigmoid(engine.upsample_logits(lg, (img.height, img.width))[0])
-            yield path, img, (prob > threshold).cpu().numpy()
+            yield path, img, engine.mask_at_size(lg, (img.height, img.width), threshold).numpy()
 
 
 def main(args) -> str:

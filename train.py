@@ -112,18 +112,10 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def make_run_dir(args) -> str:
-    if args.run_dir:
-        run = args.run_dir
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run = os.path.join(args.output_dir, args.data.replace(",", "+"), args.model, args.prompt, stamp)
-    base, k = run, 1
-    while os.path.exists(run):  # never reuse a run folder
-        if args.run_dir:
-            raise FileExistsError(f"run folder {run} exists; choose another --run-dir or use --resume {run}")
-        run, k = f"{base}-{k}", k + 1
-    os.makedirs(run)
-    return run
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    default = os.path.join(args.output_dir, args.data.replace(",", "+"), args.model, args.prompt, stamp)
+    return engine.new_dir(args.run_dir, default, FileExistsError(
+        f"run folder {args.run_dir} exists; choose another --run-dir or use --resume {args.run_dir}"))
 
 
 def build_model(args):

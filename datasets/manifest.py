@@ -16,7 +16,6 @@ import os
 import random
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -113,10 +112,10 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def text_for(self, index: int, key: str | None = None) -> str:
+    def text_for(self, index: int) -> str:
         s = self.samples[index]
         prompts = self.records[s.record]["prompts"]
-        key = key or self.prompt
+        key = self.prompt
         if key == "random":
             key = random.choice(sorted(prompts)) if self.train else sorted(prompts)[0]
         v = prompts[key]
@@ -174,10 +173,6 @@ def collate(items: list[dict]) -> dict:
         else:
             batch[k] = vals
     return batch
-
-
-def original_mask(mask: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(mask))
 
 
 def swap_prompts(records: list[dict]) -> tuple[list[dict], int]:

@@ -3,7 +3,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from datasets import BadSampleError, ManifestDataset, ManifestError, SegTransform, build_dataset, collate, read_mask
