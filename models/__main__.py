@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 
 import torch
@@ -21,12 +20,8 @@ FREEZE_SETTINGS = {"none": (False, False), "image": (True, False), "text": (Fals
 
 
 def _build(name: str, size: str, device: str):
-    cfg = {}
-    if size == "tiny" and name.startswith("biomedclipseg"):
-        from .biomedclipseg import make_tiny_bert_vocab
-        cfg["tokenizer_path"] = make_tiny_bert_vocab(tempfile.mkdtemp(prefix="tiny_vocab_"), ["polyp"])
-    with torch.device(device):
-        return create_model(name, weights=None, size=size, **cfg)
+    with torch.device(device):  # tiny BiomedCLIPSeg uses its default tiny vocabulary
+        return create_model(name, weights=None, size=size)
 
 
 def count_row(name: str, size: str = "base") -> dict:

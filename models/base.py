@@ -14,6 +14,12 @@ import torch
 from torch import nn
 
 
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's statistics (also BiomedCLIP's preprocess_cfg)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # CLIPSeg's processor and the ImageNet CNN encoders
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 class SegModel(nn.Module):
     """Base class: adds tokenization, freezing and metadata to an ``nn.Module``.
 
@@ -25,8 +31,8 @@ class SegModel(nn.Module):
 
     name: str = "base"
     input_size: int = 224
-    image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    image_mean: tuple[float, float, float] = CLIP_MEAN
+    image_std: tuple[float, float, float] = CLIP_STD
     uses_text: bool = True
     default_threshold: float = 0.5
 

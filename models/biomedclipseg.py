@@ -51,15 +51,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base import SegModel
+from .base import CLIP_MEAN, CLIP_STD, SegModel
+from .hub import hub_file
 from .text import TruncationWarner
 
 logger = logging.getLogger(__name__)
 
 BIOMEDCLIP_HUB_ID = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 CLIPSEG_HUB_ID = "CIDAS/clipseg-rd64-refined"
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # BiomedCLIP's preprocess_cfg uses the CLIP statistics
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Inline copies of the BiomedCLIP architecture (open_clip_config.json + PubMedBERT config.json),
 # so the base model builds offline.  "vision" = timm VisionTransformer kwargs.
@@ -79,36 +78,6 @@ SIZES = {
 }
 
 BERT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-# ----------------------------------------------------------------------------------------------
-# Hub / offline helpers
-# ----------------------------------------------------------------------------------------------
-def _hub_offline() -> bool:
-    from .hub import offline
-    return offline()
-
-
-def hub_file(repo_id: str, filename: str, what: str, hint: str) -> str:
-    """Path of ``filename`` from hub repo ``repo_id``: local cache first, then the network
-    unless ``HF_HUB_OFFLINE`` is set.  Raises a ``FileNotFoundError`` that says what to supply."""
-    from huggingface_hub import hf_hub_download
-    try:
-        return hf_hub_download(repo_id, filename, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not cached (or not a repo id): maybe try the network below
-        pass
-    if not _hub_offline():
-        try:
-            return hf_hub_download(repo_id, filename)
-        except Exception as e:  # noqa: BLE001
-            cause = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        else:  # pragma: no cover
-            cause = ""
-    else:
-        cause = "offline: HF_HUB_OFFLINE/VLSM_OFFLINE set or huggingface.co unreachable"
-    raise FileNotFoundError(
-        f"{what}: '{filename}' of hub repo '{repo_id}' is not in the local Hugging Face cache and cannot "
-        f"be downloaded ({cause}). {hint}")
 
 
 # ----------------------------------------------------------------------------------------------

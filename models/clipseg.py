@@ -16,11 +16,9 @@ import os
 import torch
 from torch import nn
 
-from .base import SegModel
+from .base import IMAGENET_MEAN, IMAGENET_STD, SegModel
 from .text import ClipTokenizer
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_HUB_ID = "CIDAS/clipseg-rd64-refined"
 
 
@@ -104,9 +102,6 @@ class CLIPSeg(SegModel):
 
     def text_encoder_modules(self) -> list[nn.Module]:
         return [self.hf.clip.text_model, self.hf.clip.text_projection]
-
-    def decoder_modules(self) -> list[nn.Module]:
-        return [self.hf.decoder]
 
     def vision_activations(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen["image"]):

@@ -40,11 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import SegModel
+from .base import CLIP_MEAN, CLIP_STD, SegModel
+from .hub import offline
 from .text import ClipTokenizer
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PAD_ID = 0
 DEFAULT_WORD_LEN = 77
 OPENAI_RN50_URL = ("https://openaipublic.azureedge.net/clip/models/"
@@ -452,9 +451,6 @@ class CRIS(SegModel):
         bb = self.backbone
         return [bb.token_embedding, bb.transformer, bb.ln_final, self._text_params]
 
-    def decoder_modules(self) -> list[nn.Module]:
-        return [self.neck, self.decoder, self.proj]
-
     # ---- encoders ----------------------------------------------------------------------------
     def encode_image(self, x: torch.Tensor, record: dict | None = None):
         """-> C3 (stride 8), C4 (stride 16), C5 (stride 32, embed_dim channels)."""
@@ -503,16 +499,16 @@ class CRIS(SegModel):
         s = pixel_values.shape[-1]
         if pixel_values.shape[-2] != s or s % 32:
             raise ValueError(f"CRIS needs square images with a side divisible by 32, got {tuple(pixel_values.shape)}")
-        rec: dict = {}
+        rec = {} if return_intermediates else None  # None: no intermediate is kept alive past its use
         c3, c4, c5 = self.encode_image(pixel_values, rec)
         words, state = self.encode_text(input_ids, rec)
         pad = self.padding_mask(input_ids, attention_mask)
-        rec["pad_mask"] = pad
         fq = self.neck(c3, c4, c5, state, rec)
         b, c, h, w = fq.shape
         fq = self.decoder(fq, words, pad, rec).reshape(b, c, h, w)
-        rec["decoder.out_reshaped"] = fq
         logits = self.proj(fq, state, rec)
+        if rec is not None:
+            rec.update({"pad_mask": pad, "decoder.out_reshaped": fq})
         return (logits, rec) if return_intermediates else logits
 
 
@@ -629,11 +625,6 @@ def save_cris_checkpoint(model: CRIS, path: str, epoch: int = 0, cur_iou: float 
 # --------------------------------------------------------------------------------------------
 # OpenAI CLIP RN50 weights
 # --------------------------------------------------------------------------------------------
-def _offline() -> bool:
-    from .hub import offline
-    return offline()
-
-
 def _cached_openai_rn50() -> str | None:
     """RN50 weights already on disk: open_clip's URL cache or the Hugging Face cache (no network)."""
     url_cache = os.path.join(os.path.expanduser("~/.cache/clip"), "RN50.pt")
@@ -658,7 +649,7 @@ def resolve_openai_rn50() -> str:
         return hit
     help_text = (f"Download RN50.pt ({OPENAI_RN50_URL}) on a machine with internet, copy it here and pass "
                  f"--weights /path/RN50.pt (or put it in ~/.cache/clip/); or use --weights none.")
-    if _offline():
+    if offline():
         raise FileNotFoundError(f"CLIP RN50 weights ('openai') are not cached and downloads are off "
                                 f"(HF_HUB_OFFLINE/VLSM_OFFLINE). {help_text}")
     try:
@@ -720,7 +711,7 @@ def load_clip_weights(model: CRIS, weights: str) -> CRIS:
 # --------------------------------------------------------------------------------------------
 # builder (registered as "cris")
 # --------------------------------------------------------------------------------------------
-def build_cris(weights: str | None = None, size: str = "base", word_len: int | None = None, dropout: float = 0.1,
+def build_cris(weights: str | None = None, size: str = "base", word_len: int | None = None, dropout: float | None = None,
                cris_checkpoint: str | None = None, input_size: int | None = None, config: dict | None = None,
                **cfg) -> CRIS:
     """Build CRIS.
@@ -745,7 +736,8 @@ def build_cris(weights: str | None = None, size: str = "base", word_len: int | N
     if unknown:
         raise TypeError(f"unknown CRIS options: {', '.join(sorted(unknown))} (known: {', '.join(sorted(names))})")
     base.update(cfg)
-    base["dropout"] = dropout if dropout is not None else base["dropout"]
+    if dropout is not None:  # else the preset's or the config's
+        base["dropout"] = float(dropout)
     if word_len is not None:
         base["word_len"] = int(word_len)
     if input_size is not None:

@@ -26,3 +26,22 @@ def offline() -> bool:
     if any(os.environ.get(v, "0").lower() in _TRUE for v in ("HF_HUB_OFFLINE", "VLSM_OFFLINE")):
         return True
     return not _reachable()
+
+
+def hub_file(repo_id: str, filename: str, what: str, hint: str, revision: str | None = None) -> str:
+    """Path of ``filename`` from hub repo ``repo_id``: the local Hugging Face cache first, then the network
+    unless ``offline()``.  Raises a ``FileNotFoundError`` that says what to supply (``hint``)."""
+    from huggingface_hub import hf_hub_download
+    try:
+        return hf_hub_download(repo_id, filename, revision=revision, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (or not a repo id): maybe try the network below
+        pass
+    cause = "offline: HF_HUB_OFFLINE/VLSM_OFFLINE set or huggingface.co unreachable"
+    if not offline():
+        try:
+            return hf_hub_download(repo_id, filename, revision=revision)
+        except Exception as e:  # noqa: BLE001
+            cause = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    raise FileNotFoundError(
+        f"{what}: '{filename}' of hub repo '{repo_id}' is not in the local Hugging Face cache and cannot "
+        f"be downloaded ({cause}). {hint}")

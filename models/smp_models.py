@@ -22,12 +22,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base import SegModel
+from .base import IMAGENET_MEAN, IMAGENET_STD, SegModel
+from .hub import hub_file
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 SIZES = {
     "base": dict(encoder_name="resnet50", encoder_depth=5, input_size=352, decoder={}),
@@ -50,13 +49,9 @@ class SMPSegModel(SegModel):
         super().__init__()
         self.net = net
         self.input_size = int(input_size)
-        self.tokenizer = None
 
     def image_encoder_modules(self) -> list[nn.Module]:
         return [self.net.encoder]
-
-    def text_encoder_modules(self) -> list[nn.Module]:
-        return []
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -116,30 +111,17 @@ def load_encoder_file(encoder: nn.Module, path: str | os.PathLike) -> None:
 def find_imagenet_weights(encoder_name: str) -> str:
     """Locate ImageNet weights for ``encoder_name`` in local caches (HF first, then torch hub)."""
     import segmentation_models_pytorch as smp
-    from huggingface_hub import hf_hub_download
 
     settings = smp.encoders.encoders[encoder_name]["pretrained_settings"]["imagenet"]
     repo, rev = settings["repo_id"], settings["revision"]
-    try:
-        return hf_hub_download(repo, "model.safetensors", revision=rev, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not cached
-        pass
     hub_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
     hits = sorted(glob.glob(os.path.join(hub_dir, f"{encoder_name}-*.pth")))
-    if hits:
+    if hits:  # torchvision's download, already on disk
         return hits[0]
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-    cause = "HF_HUB_OFFLINE is set"
-    if not offline:
-        try:
-            return hf_hub_download(repo, "model.safetensors", revision=rev)
-        except Exception as e:  # noqa: BLE001
-            cause = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    raise FileNotFoundError(
-        f"ImageNet weights for {encoder_name} are not cached locally and cannot be downloaded ({cause}). "
+    return hub_file(repo, "model.safetensors", f"ImageNet weights for {encoder_name}", revision=rev, hint=(
         f"Supply the file yourself: --weights /path/to/{encoder_name}.safetensors (model.safetensors of "
         f"hf.co/{repo}) or torchvision's {encoder_name}-*.pth (e.g. put it in {hub_dir}/), "
-        f"or use --weights none for random initialisation.")
+        f"or use --weights none for random initialisation."))
 
 
 def _build(arch: str, weights: str | None, size: str, input_size: int | None, **cfg) -> SMPSegModel:
