@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from collections import Counter
 
 import numpy as np
@@ -29,6 +28,7 @@ import numpy as np
 from datasets import prompt_templates as T
 from datasets.attributes import mask_attributes
 from datasets.io import BadSampleError, read_image, read_mask
+from datasets.manifest import write_json_atomic
 
 #: Record fields copied (normalised) into the attributes, by family.
 METADATA_FIELDS = {"camus": ("view", "cycle", "sex", "age", "image_quality"),
@@ -207,22 +207,6 @@ def process_manifest(records: list, dataset: str, data_root: str, path: str, vqa
     return out
 
 
-def write_json_atomic(obj, path: str) -> None:
-    """Write JSON to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 # ----------------------------------------------------------------------------- statistics
 def _stat_values(key: str, value) -> list:
     if value is None:
@@ -274,7 +258,7 @@ def main(args) -> dict:
             records = json.load(f)
         new = process_manifest(records, args.data, args.data_root, path, vqa)
         if not args.dry_run:
-            write_json_atomic(new, path)
+            write_json_atomic(path, new)
         print(f"[make_prompts] {path}: {len(new)} records" + (" (dry run, not written)" if args.dry_run else ""))
         done[split] = new
         all_records.extend(new)

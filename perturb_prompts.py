@@ -28,7 +28,7 @@ import os
 import random
 
 from datasets import prompt_templates as T
-from make_prompts import write_json_atomic
+from datasets.manifest import write_json_atomic
 
 KINDS = ("random_word", "opposite", "drop")
 DEFAULT_ATTRIBUTES = ("size", "colour", "shape", "location", "number")
@@ -147,7 +147,7 @@ def main(args) -> list[dict]:
         for kind in kinds:
             new = perturb_manifest(records, dataset, attribute, kind, args.seed, words)
             path = os.path.join(args.out_dir, f"{stem}__{attribute}__{kind}.json")
-            write_json_atomic(new, path)
+            write_json_atomic(path, new)
             n_changed = sum(r["perturbation"]["changed"] for r in new)
             outputs.append({"path": os.path.abspath(path), "attribute": attribute, "kind": kind,
                             "changed": n_changed, "unchanged": len(new) - n_changed})
@@ -155,7 +155,7 @@ def main(args) -> list[dict]:
                   + (f" ({len(new) - n_changed} without '{attribute}', unchanged)" if n_changed < len(new) else ""))
     index = {"source": os.path.abspath(args.manifest), "dataset": dataset, "seed": args.seed,
              "outputs": outputs}
-    write_json_atomic(index, os.path.join(args.out_dir, f"{stem}__index.json"))
+    write_json_atomic(os.path.join(args.out_dir, f"{stem}__index.json"), index)
     return outputs
 
 

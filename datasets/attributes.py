@@ -40,6 +40,8 @@ import numpy as np
 from scipy import ndimage
 from skimage import measure
 
+from .prompt_templates import location_word
+
 MIN_COMPONENT_PIXELS = 20
 SPECK_FRACTION_OF_LARGEST = 0.05
 
@@ -54,11 +56,6 @@ SHAPE_ROUND_AXIS_RATIO = 0.75
 NUMBER_WORDS = ("no", "one", "two", "three", "four", "five")
 MANY = "many"
 
-LOCATION_GRID = (
-    ("top left", "top", "top right"),
-    ("left", "center", "right"),
-    ("bottom left", "bottom", "bottom right"),
-)
 
 #: Named reference colours (sRGB 0-255) for the nearest-colour rule.
 COLOUR_PALETTE = {
@@ -114,13 +111,6 @@ def size_word(area_fraction: float) -> str:
     if area_fraction < SIZE_MEDIUM_MAX:
         return "medium"
     return "large"
-
-
-def location_word(cy: float, cx: float, height: int, width: int) -> str:
-    """Name of the 3 x 3 grid cell holding the point (row cy, column cx)."""
-    row = min(int(3 * cy / height), 2)
-    col = min(int(3 * cx / width), 2)
-    return LOCATION_GRID[max(row, 0)][max(col, 0)]
 
 
 def shape_measures(component) -> dict:

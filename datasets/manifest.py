@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +64,23 @@ def load_manifest(path: str) -> list[dict]:
                                 f"remove one of them")
         seen[ident] = i
     return records
+
+
+def write_json_atomic(path: str, obj, ensure_ascii: bool = True) -> None:
+    """Write JSON (indent 1, trailing newline) through a temporary file in the same folder and ``os.replace``:
+    a manifest is never half-written, and a failed write leaves the old one and no temporary file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, ensure_ascii=ensure_ascii)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 @dataclass

@@ -61,6 +61,8 @@ import numpy as np
 from PIL import Image
 
 from datasets.converters.common import COPY_EXTS, Conversion, PrepareError, Sample, read_array, to_uint8
+from datasets.attributes import bounding_box
+from datasets.manifest import write_json_atomic
 
 CONVERTERS = {
     "kvasir": "datasets.converters.polyp:convert_kvasir",
@@ -122,19 +124,14 @@ def assign_splits(name: str, samples: list, seed: int) -> dict:
             out[s.split].append(s)
         elif s.split not in (None, "trainval"):
             raise PrepareError(f"{name}: converter gave unknown split {s.split!r} for {s.source}")
-    if free:
-        if name not in PAPER_COUNTS:
-            raise PrepareError(f"{name}: {len(free)} samples have no official split and no paper counts are known")
-        groups = [s.group or s.stem for s in free]
-        counts = scaled_counts(len(set(groups)), PAPER_COUNTS[name])
-        assign = seeded_groups_split(groups, counts, SPLITS, seed)
-        for s, g in zip(free, groups):
-            out[assign[g]].append(s)
-    if trainval:
-        groups = [s.group or s.stem for s in trainval]
-        counts = scaled_counts(len(set(groups)), TRAINVAL_COUNTS[name])
-        assign = seeded_groups_split(groups, counts, ("train", "val"), seed)
-        for s, g in zip(trainval, groups):
+    for pool, table, names in ((free, PAPER_COUNTS, SPLITS), (trainval, TRAINVAL_COUNTS, ("train", "val"))):
+        if not pool:
+            continue
+        if name not in table:
+            raise PrepareError(f"{name}: {len(pool)} samples have no official split and no paper counts are known")
+        groups = [s.group or s.stem for s in pool]
+        assign = seeded_groups_split(groups, scaled_counts(len(set(groups)), table[name]), names, seed)
+        for s, g in zip(pool, groups):
             out[assign[g]].append(s)
     return out
 
@@ -145,14 +142,6 @@ def load_converter(name: str):
         raise PrepareError(f"unknown dataset '{name}'; choose from: {', '.join(CONVERTERS)}")
     module, func = CONVERTERS[name].split(":")
     return getattr(importlib.import_module(module), func)
-
-
-def bbox_of(mask: np.ndarray) -> list | None:
-    """[x1, y1, x2, y2], inclusive min/max column and row of the foreground; None when empty."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return None
-    return [int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])]
 
 
 def write_image(sample: Sample, out_dir: str) -> tuple[str, tuple[int, int]]:
@@ -196,7 +185,7 @@ def convert_samples(samples: list, img_dir: str, mask_dir: str) -> tuple[dict, i
                 raise PrepareError(f"two targets write the same mask name {mask_name} (from {t.source})")
             mask_names.add(mask_name)
             write_mask(mask, os.path.join(mask_dir, mask_name))
-            bbox = bbox_of(mask)
+            bbox = bounding_box(mask)
             n_empty += bbox is None
             meta = dict(t.meta)
             class_name = meta.pop("class_name")
@@ -265,14 +254,6 @@ def check_manifests(new: dict, prompts_dir: str, overwrite: bool) -> list:
     return differ
 
 
-def write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------------------ main
 def prepare(name: str, src: str, data_root: str = "data", prompts_root: str = "prompts_json", seed: int = 0,
             overwrite: bool = False, skip_unpaired: bool = False, log=print) -> dict:
@@ -328,7 +309,7 @@ def prepare(name: str, src: str, data_root: str = "data", prompts_root: str = "p
         shutil.rmtree(stage, ignore_errors=True)
     os.makedirs(prompts_dir, exist_ok=True)
     for split, recs in manifests.items():
-        write_json(os.path.join(prompts_dir, f"{split}.json"), recs)
+        write_json_atomic(os.path.join(prompts_dir, f"{split}.json"), recs, ensure_ascii=False)
 
     summary = {"dataset": name, "src": os.path.abspath(src), "seed": seed,
                "images": {sp: len(by_split[sp]) for sp in splits},
@@ -338,7 +319,7 @@ def prepare(name: str, src: str, data_root: str = "data", prompts_root: str = "p
     info = dict(summary)
     if hashes is not None:
         info["image_pixel_hashes"] = sorted(hashes)
-    write_json(os.path.join(out_dir, "prepare_info.json"), info)
+    write_json_atomic(os.path.join(out_dir, "prepare_info.json"), info, ensure_ascii=False)
     log(f"[{name}] {src} -> {out_dir}/{{images,masks}}, {prompts_dir}/{{{','.join(manifests)}}}.json")
     log(f"[{name}] images per split: " + ", ".join(f"{sp} {summary['images'][sp]}" for sp in splits) +
         " | records: " + ", ".join(f"{sp} {summary['records'][sp]}" for sp in splits))

@@ -73,6 +73,16 @@ NUMBER_VALUES = ("one", "two", "three", "four", "five", "many")
 SIZE_VALUES = ("small", "medium", "large")
 LOCATION_VALUES = ("top left", "top", "top right", "left", "center", "right",
                    "bottom left", "bottom", "bottom right")
+
+
+def location_word(cy: float, cx: float, height: int, width: int) -> str:
+    """Name of the 3 x 3 grid cell holding the point (row cy, column cx): the one location rule of the
+    project (real masks in ``attributes``, the synthetic shapes)."""
+    row = max(min(int(3 * cy / height), 2), 0)
+    col = max(min(int(3 * cx / width), 2), 0)
+    return LOCATION_VALUES[3 * row + col]
+
+
 SHAPE_VALUES = ("round", "oval", "irregular", "rectangular")
 COLOUR_VALUES = ("red", "pink", "orange", "brown", "yellow", "green", "blue", "purple",
                  "white", "grey", "black")

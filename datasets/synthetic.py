@@ -12,12 +12,14 @@ manifests, so it goes through the same loader as real data.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from .manifest import write_json_atomic
+from .prompt_templates import location_word
 
 SHAPES = {  # class name -> (shape adjective used as the "shape" attribute, general descriptions)
     "circle": ("round", ["a shape with no corners", "a perfectly round figure", "a closed curve of equal radius",
@@ -32,15 +34,7 @@ SHAPES = {  # class name -> (shape adjective used as the "shape" attribute, gene
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230), "yellow": (235, 215, 40),
            "purple": (150, 60, 190)}
 SIZES = {"small": (7, 10), "medium": (12, 16), "large": (18, 23)}  # radius range in px
-LOCATIONS = [["top left", "top", "top right"], ["left", "center", "right"], ["bottom left", "bottom", "bottom right"]]
 COUNTS = {"train": 1000, "val": 100, "test": 100}
-
-
-def grid_location(cx: float, cy: float, w: int, h: int) -> str:
-    """Name of the 3x3 grid cell holding the point (cx, cy)."""
-    col = min(int(3 * cx / w), 2)
-    row = min(int(3 * cy / h), 2)
-    return LOCATIONS[row][col]
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float]]:
@@ -74,12 +68,12 @@ def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     return Image.fromarray(arr)
 
 
-def prompts_for(obj: dict, rng: np.random.Generator) -> dict:
+def prompts_for(obj: dict) -> dict:
     """P0..P9 for one object, following the paper's template order (class = shape name)."""
     cls, adj, col, size, loc = obj["shape"], SHAPES[obj["shape"]][0], obj["colour"], obj["size"], obj["location"]
     descs = SHAPES[cls][1]
     base5 = f"one {size} {col} {adj} {cls}"
-    where = f"located in the {loc} of the image" if loc != "center" else "located in the center of the image"
+    where = f"located in the {loc} of the image"
     return {
         "p0": "",
         "p1": cls,
@@ -100,7 +94,7 @@ def make_image(rng: np.random.Generator) -> tuple[Image.Image, list[dict], list[
     n = int(rng.integers(2, 4))
     shapes = rng.choice(list(SHAPES), size=n, replace=False)
     colours = rng.choice(list(COLOURS), size=n, replace=False)
-    sizes = rng.choice(list(SIZES), size=n, replace=False) if n <= 3 else rng.choice(list(SIZES), size=n)
+    sizes = rng.choice(list(SIZES), size=n, replace=False)  # n is 2 or 3: sizes differ within an image
     objs, masks, placed = [], [], []
     for shape, colour, size in zip(shapes, colours, sizes):
         r = float(rng.uniform(*SIZES[size]))
@@ -119,7 +113,7 @@ def make_image(rng: np.random.Generator) -> tuple[Image.Image, list[dict], list[
         mask = np.asarray(m) >= 128
         ys, xs = np.nonzero(mask)
         objs.append({"shape": str(shape), "colour": str(colour), "size": str(size),
-                     "location": grid_location(xs.mean(), ys.mean(), w, h),
+                     "location": location_word(ys.mean(), xs.mean(), h, w),
                      "bbox": [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]})
         masks.append(mask)
     img = img.filter(ImageFilter.GaussianBlur(0.6))
@@ -144,13 +138,10 @@ def generate(data_root: str, prompts_root: str, seed: int = 0, counts: dict | No
             for k, (obj, mask) in enumerate(zip(objs, masks)):
                 mask_name = f"{stem}_{k}.png"
                 Image.fromarray(mask.astype(np.uint8) * 255).save(os.path.join(mask_dir, mask_name))
-                records.append({"img_name": stem + ".png", "mask_name": mask_name, "prompts": prompts_for(obj, rng),
+                records.append({"img_name": stem + ".png", "mask_name": mask_name, "prompts": prompts_for(obj),
                                 "bbox": obj["bbox"], "cat": 1, "segment_id": k, "sentences": [],
                                 "class_name": obj["shape"], "attributes": obj})
-        tmp = os.path.join(man_dir, f".{split}.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(records, f, indent=1)
-        os.replace(tmp, os.path.join(man_dir, f"{split}.json"))
+        write_json_atomic(os.path.join(man_dir, f"{split}.json"), records)
 
 
 def ensure_synthetic(data_root: str, prompts_root: str, seed: int = 0) -> None:

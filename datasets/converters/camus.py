@@ -18,6 +18,7 @@ seeded patient-level split with the paper's proportions (400/50/50 patients = 48
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -95,15 +96,18 @@ def official_split(src: str) -> dict[str, str] | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)  # the three structures of one image are loaded one after another
+def _label_map(gt_path: str) -> np.ndarray:
+    gt = read_volume(gt_path)
+    values = set(np.unique(gt).tolist())
+    if not values <= {0, 1, 2, 3}:
+        raise PrepareError(f"camus: {gt_path} has labels {sorted(values)[:10]}; expected 0..3 "
+                           f"(0 background, 1 LV cavity, 2 myocardium, 3 LA cavity)")
+    return gt
+
+
 def _label_loader(gt_path: str, label: int):
-    def load():
-        gt = read_volume(gt_path)
-        values = set(np.unique(gt).tolist())
-        if not values <= {0, 1, 2, 3}:
-            raise PrepareError(f"camus: {gt_path} has labels {sorted(values)[:10]}; expected 0..3 "
-                               f"(0 background, 1 LV cavity, 2 myocardium, 3 LA cavity)")
-        return gt == label
-    return load
+    return lambda: _label_map(gt_path) == label
 
 
 def convert_camus(src: str) -> Conversion:

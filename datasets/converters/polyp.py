@@ -46,15 +46,14 @@ def find_pair_dirs(name: str, src: str, layouts: list) -> tuple[str, str, str, o
     raise unknown_layout(name, src, " or ".join(layout[3] for layout in layouts))
 
 
-def paired_samples(name: str, src: str, layouts: list, class_name: str = "polyp", mask_loader=None) -> Conversion:
+def paired_samples(name: str, src: str, layouts: list) -> Conversion:
     _, img_dir, mask_dir, key = find_pair_dirs(name, src, layouts)
     images, masks = image_files(img_dir), image_files(mask_dir)
     if not images:
         raise PrepareError(f"{name}: no image files in {img_dir} ({listing(img_dir)})")
     pairs, unpaired = pair_by_stem(images, masks, key)
-    loader = mask_loader or read_binary_mask
     samples = [Sample(stem=stem, image=img, source=img,
-                      targets=[Target(stem, (lambda p=msk: loader(p)), {"class_name": class_name}, 0, msk)])
+                      targets=[Target(stem, (lambda p=msk: read_binary_mask(p)), {"class_name": "polyp"}, 0, msk)])
                for stem, img, msk in pairs]
     return Conversion(samples, unpaired, [f"images from {img_dir}, masks from {mask_dir}"])
 
