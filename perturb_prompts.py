@@ -1,6 +1,6 @@
 """Write perturbed copies of a manifest for the prompt-robustness study (paper's Figure 3).
 
-    python perturb_prompts.py --manifest prompts_json/kvasir/test.json --out-dir prompts_json/kvasir/perturbed
+    python perturb_prompts.py --manifest prompts_json/kvasir/test.json --out prompts_json/kvasir/perturbed
 
 For each (attribute, kind) one manifest ``<out-dir>/<stem>__<attribute>__<kind>.json`` is written,
 whose prompts are rebuilt from each record's ``"attributes"`` (so ``make_prompts.py`` must have
@@ -29,6 +29,7 @@ import random
 
 from datasets import prompt_templates as T
 from datasets.manifest import write_json_atomic
+from vlsm.cli import run_cli
 
 KINDS = ("random_word", "opposite", "drop")
 DEFAULT_ATTRIBUTES = ("size", "colour", "shape", "location", "number")
@@ -40,10 +41,10 @@ AGE_SHIFT = 30  # "another" age: 30 years older (younger when that would pass 10
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser("perturb_prompts.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", required=True, help="manifest with 'attributes' (run make_prompts.py first)")
-    p.add_argument("--out-dir", required=True, help="folder for the perturbed manifests")
+    p.add_argument("--out", required=True, help="folder for the perturbed manifests (made if missing)")
     p.add_argument("--data", default=None,
                    help="dataset name for the templates (default: the manifest's parent folder name)")
     p.add_argument("--attributes", default=",".join(DEFAULT_ATTRIBUTES),
@@ -146,7 +147,7 @@ def main(args) -> list[dict]:
     for attribute in attributes:
         for kind in kinds:
             new = perturb_manifest(records, dataset, attribute, kind, args.seed, words)
-            path = os.path.join(args.out_dir, f"{stem}__{attribute}__{kind}.json")
+            path = os.path.join(args.out, f"{stem}__{attribute}__{kind}.json")
             write_json_atomic(path, new)
             n_changed = sum(r["perturbation"]["changed"] for r in new)
             outputs.append({"path": os.path.abspath(path), "attribute": attribute, "kind": kind,
@@ -155,9 +156,9 @@ def main(args) -> list[dict]:
                   + (f" ({len(new) - n_changed} without '{attribute}', unchanged)" if n_changed < len(new) else ""))
     index = {"source": os.path.abspath(args.manifest), "dataset": dataset, "seed": args.seed,
              "outputs": outputs}
-    write_json_atomic(os.path.join(args.out_dir, f"{stem}__index.json"), index)
+    write_json_atomic(os.path.join(args.out, f"{stem}__index.json"), index)
     return outputs
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(main, get_args_parser())

@@ -11,45 +11,14 @@ Several names joined by commas (``kvasir,clinicdb``) give the pooled dataset.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from torch.utils.data import ConcatDataset
 
 from .io import BadSampleError, read_image, read_mask
-from .manifest import ManifestDataset, ManifestError, collate, load_manifest
+from .manifest import ManifestDataset, ManifestError, collate, load_manifest, swap_prompts
+from .registry import DATASETS, DatasetInfo, dataset_names, get_dataset, parse_names
 from .synthetic import ensure_synthetic
 from .transforms import SegTransform
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    kind: str
-    class_name: str
-    splits: tuple = ("train", "val", "test")
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "kvasir": DatasetInfo("endoscopy", "polyp"),
-    "clinicdb": DatasetInfo("endoscopy", "polyp"),
-    "bkai": DatasetInfo("endoscopy", "polyp"),
-    "etis": DatasetInfo("endoscopy", "polyp", ("test",)),
-    "colondb": DatasetInfo("endoscopy", "polyp", ("test",)),
-    "cvc300": DatasetInfo("endoscopy", "polyp", ("test",)),
-    "isic": DatasetInfo("dermoscopy", "skin melanoma"),
-    "dfu": DatasetInfo("photo", "foot ulcer"),
-    "camus": DatasetInfo("cardiac ultrasound", "left ventricular cavity / myocardium / left atrium cavity"),
-    "busi": DatasetInfo("breast ultrasound", "breast tumor"),
-    "chexlocalize": DatasetInfo("chest x-ray", "pathology"),
-    "synthetic": DatasetInfo("synthetic shapes", "shape"),
-}
-
-
-def parse_names(data: str) -> list[str]:
-    names = [n.strip() for n in data.split(",") if n.strip()]
-    for n in names:
-        if n not in DATASETS:
-            raise ValueError(f"unknown dataset '{n}'; choose from: {', '.join(DATASETS)} (comma-separate to pool)")
-    return names
 
 
 def build_dataset(data: str, split: str, model=None, prompt: str = "p1", train: bool = False,
@@ -61,7 +30,7 @@ def build_dataset(data: str, split: str, model=None, prompt: str = "p1", train: 
     The transform uses ``model.input_size``/``image_mean``/``image_std`` unless given.
     ``manifest`` overrides the manifest file (e.g. a perturbed one) for a single dataset.
     """
-    names = parse_names(data)
+    names = parse_names(data, data_root)  # built-ins and the datasets registered under data_root
     if manifest and len(names) != 1:
         raise ValueError("--manifest works with a single dataset name")
     size = input_size or (model.input_size if model is not None else 224)
@@ -70,7 +39,7 @@ def build_dataset(data: str, split: str, model=None, prompt: str = "p1", train: 
     for name in names:
         if name == "synthetic":
             ensure_synthetic(data_root, prompts_root)
-        info = DATASETS[name]
+        info = get_dataset(name, data_root)
         if split not in info.splits and not manifest:
             if train:
                 raise ValueError(f"dataset '{name}' is test-only (out-of-distribution); it has no '{split}' split")
@@ -85,5 +54,23 @@ def build_dataset(data: str, split: str, model=None, prompt: str = "p1", train: 
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
 
-__all__ = ["DATASETS", "DatasetInfo", "ManifestDataset", "ManifestError", "BadSampleError", "SegTransform",
-           "build_dataset", "collate", "ensure_synthetic", "load_manifest", "parse_names", "read_image", "read_mask"]
+def swap_dataset_prompts(ds):
+    """The mismatched-prompt control: each record gets the prompts of another target in the same image
+    (``swap_prompts``); records without another target are left out.  Returns (dataset, number left out)."""
+    parts = ds.datasets if isinstance(ds, ConcatDataset) else [ds]
+    new_parts, dropped = [], 0
+    for part in parts:
+        recs, d = swap_prompts(part.records)
+        dropped += d
+        if recs:
+            new_parts.append(ManifestDataset(recs, part.image_dir, part.mask_dir, prompt=part.prompt,
+                                             transform=part.transform, all_prompts=part.all_prompts,
+                                             return_original=True, on_bad_sample=part.on_bad_sample, name=part.name))
+    if not new_parts:
+        raise ValueError("--swap-prompts: no image has more than one target, nothing to swap")
+    return (new_parts[0] if len(new_parts) == 1 else ConcatDataset(new_parts)), dropped
+
+
+__all__ = ["DATASETS", "DatasetInfo", "dataset_names", "get_dataset", "ManifestDataset", "ManifestError",
+           "BadSampleError", "SegTransform", "build_dataset", "collate", "ensure_synthetic", "load_manifest",
+           "parse_names", "read_image", "read_mask", "swap_dataset_prompts"]

@@ -54,6 +54,12 @@ def load_manifest(path: str) -> list[dict]:
                 raise ManifestError(f"{where}: missing field '{key}' (each record needs img_name, mask_name, prompts)")
             if not isinstance(r[key], typ):
                 raise ManifestError(f"{where}: field '{key}' must be {typ.__name__}, got {type(r[key]).__name__}")
+        for key in ("img_name", "mask_name"):  # names stay inside images/ and masks/ (subfolders are fine)
+            parts = r[key].replace("\\", "/").split("/")
+            if not r[key] or os.path.isabs(r[key]) or not parts[0] or ".." in parts or r[key][1:3] in (":/", ":\\"):
+                raise ManifestError(f"{where}: {key} {r[key]!r} is empty, absolute or climbs out of its folder with "
+                                    f"'..'; names must be relative paths inside the dataset's images/ or masks/ "
+                                    f"folder (e.g. 'case1/img001.png')")
         for k, v in r["prompts"].items():
             ok = isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(s, str) for s in v))
             if not ok:
@@ -92,7 +98,7 @@ class Sample:
 class ManifestDataset(Dataset):
     def __init__(self, manifest: str | list[dict], image_dir: str, mask_dir: str, prompt: str = "p1",
                  transform: SegTransform | None = None, train: bool = False, all_prompts: bool = False,
-                 return_original: bool = False, mask_threshold: int | None = None, on_bad_sample: str = "error",
+                 return_original: bool = False, on_bad_sample: str = "error",
                  name: str = ""):
         self.manifest_path = manifest if isinstance(manifest, str) else "<records>"
         self.records = load_manifest(manifest) if isinstance(manifest, str) else manifest
@@ -100,7 +106,6 @@ class ManifestDataset(Dataset):
         self.prompt, self.train, self.all_prompts = prompt, train, all_prompts
         self.transform = transform
         self.return_original = return_original
-        self.mask_threshold = mask_threshold
         if on_bad_sample not in ("error", "skip"):
             raise ValueError("on_bad_sample must be 'error' or 'skip'")
         self.on_bad_sample = on_bad_sample
@@ -152,7 +157,7 @@ class ManifestDataset(Dataset):
         img_path, mask_path = self.paths(index)
         size = self.transform.size if self.transform else None
         img, (h, w) = read_image(img_path, draft_size=None if self.return_original else size)
-        mask = read_mask(mask_path, self.mask_threshold)
+        mask = read_mask(mask_path)
         if mask.shape != (h, w):
             raise BadSampleError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but image {img_path} is "
                                  f"{w}x{h}; masks must have their image's size (record {rec_idx} of "

@@ -41,7 +41,10 @@ Bad input
 * unknown layout: an error listing what was expected and the folders/files found;
 * an image without a mask or a mask without an image: listed, and an error unless ``--skip-unpaired``
   (then skipped and counted in the summary); nothing is dropped silently;
-* a mask whose size differs from its image's: an error naming both files;
+* every pair is checked once by ``datasets.validate`` (the checks of ``python -m datasets.make_manifest``):
+  an image or mask that does not decode (truncated, corrupt, a label map where a binary mask is expected)
+  is reported by name and left out, never copied (``rejected`` in the summary and prepare_info.json);
+* a mask whose size differs from its image's: an error naming both files (the release is mispaired);
 * an empty mask (no foreground): kept, with ``bbox`` null (BUSI normal images are empty by design;
   CheXlocalize absent pathologies give no record, see its converter).
 """
@@ -60,23 +63,13 @@ import time
 import numpy as np
 from PIL import Image
 
-from datasets.converters.common import COPY_EXTS, Conversion, PrepareError, Sample, read_array, to_uint8
 from datasets.attributes import bounding_box
+from datasets.converters.common import COPY_EXTS, Conversion, PrepareError, Sample, read_array, to_uint8
 from datasets.manifest import write_json_atomic
+from datasets.registry import DATASETS
+from datasets.validate import PairError, check_image, check_mask
 
-CONVERTERS = {
-    "kvasir": "datasets.converters.polyp:convert_kvasir",
-    "clinicdb": "datasets.converters.polyp:convert_clinicdb",
-    "bkai": "datasets.converters.polyp:convert_bkai",
-    "etis": "datasets.converters.polyp:convert_etis",
-    "colondb": "datasets.converters.polyp:convert_colondb",
-    "cvc300": "datasets.converters.polyp:convert_cvc300",
-    "isic": "datasets.converters.photo:convert_isic",
-    "dfu": "datasets.converters.photo:convert_dfu",
-    "camus": "datasets.converters.camus:convert_camus",
-    "busi": "datasets.converters.busi:convert_busi",
-    "chexlocalize": "datasets.converters.chexlocalize:convert_chexlocalize",
-}
+CONVERTERS = {n: d.converter for n, d in DATASETS.items() if d.converter}
 
 #: Paper's Table 1 counts (train, val, test) for the seeded splits of samples with no official split.
 PAPER_COUNTS = {"kvasir": (800, 100, 100), "clinicdb": (490, 61, 61), "bkai": (800, 100, 100),
@@ -144,9 +137,12 @@ def load_converter(name: str):
     return getattr(importlib.import_module(module), func)
 
 
-def write_image(sample: Sample, out_dir: str) -> tuple[str, tuple[int, int]]:
-    """Copy (JPEG/PNG) or convert (anything else -> 8-bit PNG) the sample's image; returns (name, (h, w))."""
-    if isinstance(sample.image, str):
+def write_image(sample: Sample, out_dir: str, pixels: np.ndarray | None = None) -> tuple[str, tuple[int, int]]:
+    """Copy (JPEG/PNG) or convert (anything else -> 8-bit PNG) the sample's image; returns (name, (h, w)).
+    ``pixels``: the image already loaded (a loader's array), written as PNG."""
+    if pixels is not None:
+        arr = pixels
+    elif isinstance(sample.image, str):
         ext = os.path.splitext(sample.image)[1]
         if ext.lower() in COPY_EXTS:
             name = sample.stem + ext
@@ -169,17 +165,39 @@ def write_mask(mask: np.ndarray, path: str) -> None:
     Image.fromarray(mask.astype(np.uint8) * 255).save(path, compress_level=1)
 
 
-def convert_samples(samples: list, img_dir: str, mask_dir: str) -> tuple[dict, int]:
-    """Write images and masks; returns ({id(sample): [records]}, number of empty masks)."""
+def checked_sample(s: Sample) -> tuple[np.ndarray | None, list]:
+    """Decode and check a sample's image and masks with ``datasets.validate`` (empty masks allowed): returns
+    (the loader's pixels or None for a file, [bool masks]); ``PairError`` when unusable."""
+    try:
+        pixels = None if isinstance(s.image, str) else to_uint8(s.image(), s.source)
+    except PrepareError as e:  # the loader's decoding error
+        raise PairError(str(e), "image") from None
+    _, size = check_image(s.image if pixels is None else pixels, s.source or s.stem)
+    masks = []
+    for t in s.targets:
+        try:
+            mask = t.load_mask()
+        except PrepareError as e:
+            raise PairError(str(e), "mask") from None
+        masks.append(check_mask(mask, size, True, t.source or t.mask_stem, s.source or s.stem))
+    return pixels, masks
+
+
+def convert_samples(samples: list, img_dir: str, mask_dir: str, rejected: list | None = None) -> tuple[dict, int]:
+    """Write images and masks; returns ({id(sample): [records]}, number of empty masks).  Samples that do not
+    decode are left out and listed in ``rejected``; a mask of another size than its image is an error."""
     records, n_empty, mask_names = {}, 0, set()
     for s in samples:
-        img_name, (h, w) = write_image(s, img_dir)
+        try:
+            pixels, masks = checked_sample(s)
+        except PairError as e:
+            if e.reason == "size" or rejected is None:
+                raise PrepareError(str(e)) from None
+            rejected.append(f"{s.source or s.stem}: {e}")
+            continue
+        img_name, (h, w) = write_image(s, img_dir, pixels)
         recs = []
-        for t in s.targets:
-            mask = t.load_mask()
-            if mask.shape != (h, w):
-                raise PrepareError(f"mask {t.source or t.mask_stem} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its "
-                                   f"image {s.source} is {w}x{h}; fix or remove this pair")
+        for t, mask in zip(s.targets, masks):
             mask_name = t.mask_stem + ".png"
             if mask_name in mask_names:
                 raise PrepareError(f"two targets write the same mask name {mask_name} (from {t.source})")
@@ -198,9 +216,12 @@ def convert_samples(samples: list, img_dir: str, mask_dir: str) -> tuple[dict, i
 
 # --------------------------------------------------------------------------------------------- guards
 def pixel_hash(path: str) -> str:
-    with Image.open(path) as img:
-        rgb = img.convert("RGB")
-        return hashlib.sha1(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+            return hashlib.sha1(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+    except (OSError, ValueError, SyntaxError):  # undecodable: rejected (and reported) by convert_samples
+        return f"unreadable:{path}"
 
 
 def prepared_hashes(data_root: str, name: str) -> set | None:
@@ -289,7 +310,12 @@ def prepare(name: str, src: str, data_root: str = "data", prompts_root: str = "p
     os.makedirs(os.path.join(stage, "masks"))
     try:
         ordered = sorted(conv.samples, key=lambda s: s.stem)
-        recs_of, n_empty = convert_samples(ordered, os.path.join(stage, "images"), os.path.join(stage, "masks"))
+        rejected: list = []
+        recs_of, n_empty = convert_samples(ordered, os.path.join(stage, "images"), os.path.join(stage, "masks"),
+                                           rejected)
+        if not recs_of:
+            raise PrepareError(f"{name}: no usable pair left in {src}; rejected:\n  " + "\n  ".join(rejected))
+        by_split = {sp: [s for s in v if id(s) in recs_of] for sp, v in by_split.items()}
         manifests = {}
         for split in splits:
             recs = [r for s in by_split[split] for r in recs_of[id(s)]]
@@ -314,7 +340,8 @@ def prepare(name: str, src: str, data_root: str = "data", prompts_root: str = "p
     summary = {"dataset": name, "src": os.path.abspath(src), "seed": seed,
                "images": {sp: len(by_split[sp]) for sp in splits},
                "records": {sp: len(manifests.get(sp, [])) for sp in splits},
-               "empty_masks": n_empty, "skipped_unpaired": len(conv.unpaired), "notes": conv.notes,
+               "empty_masks": n_empty, "skipped_unpaired": len(conv.unpaired), "rejected": rejected,
+               "notes": conv.notes,
                "seconds": round(time.time() - t0, 2)}
     info = dict(summary)
     if hashes is not None:
@@ -331,6 +358,8 @@ def prepare(name: str, src: str, data_root: str = "data", prompts_root: str = "p
         f"{summary['seconds']} s")
     if empty_splits:
         log(f"[{name}] no records for: {', '.join(empty_splits)} (no manifest written)")
+    if rejected:
+        log(f"[{name}] left out {len(rejected)} pairs that do not decode (not copied):\n  " + "\n  ".join(rejected))
     for note in conv.notes[:20]:
         log(f"[{name}] note: {note}")
     if len(conv.notes) > 20:

@@ -28,14 +28,11 @@ their distinct values in order: sizes joined by " and ", locations by ", " (pape
 """
 from __future__ import annotations
 
-ENDOSCOPY = ("kvasir", "clinicdb", "bkai", "etis", "colondb", "cvc300")
-NON_RADIOLOGY = ENDOSCOPY + ("isic", "dfu")
+from .registry import DATASETS
 
-FAMILY = {**{name: "non_radiology" for name in NON_RADIOLOGY},
-          "busi": "busi", "camus": "camus", "chexlocalize": "chexlocalize"}
-
-CLASS_NAMES = {**{name: "polyp" for name in ENDOSCOPY}, "isic": "skin melanoma",
-               "dfu": "foot ulcer", "busi": "tumor"}
+ENDOSCOPY = tuple(n for n, d in DATASETS.items() if d.kind == "endoscopy")
+FAMILY = {n: d.family for n, d in DATASETS.items() if d.family != "synthetic"}
+CLASS_NAMES = {n: d.class_name for n, d in DATASETS.items() if d.family in ("non_radiology", "busi")}
 
 # Five general class descriptions per photographic dataset group (paper, Table 10 / arXiv Table 9).
 _POLYP_DESCRIPTIONS = (

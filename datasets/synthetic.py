@@ -18,7 +18,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .manifest import write_json_atomic
+from .manifest import load_manifest, write_json_atomic
 from .prompt_templates import location_word
 
 SHAPES = {  # class name -> (shape adjective used as the "shape" attribute, general descriptions)
@@ -145,9 +145,27 @@ def generate(data_root: str, prompts_root: str, seed: int = 0, counts: dict | No
 
 
 def ensure_synthetic(data_root: str, prompts_root: str, seed: int = 0) -> None:
-    """Generate the synthetic dataset unless its manifests already exist (the last one is written last)."""
+    """Generate the synthetic dataset unless its manifests exist and every image and mask they name is on disk
+    under ``data_root`` (so deleting ``data/`` or pointing ``--data-root`` elsewhere regenerates it)."""
     man_dir = os.path.join(prompts_root, "synthetic")
-    if all(os.path.exists(os.path.join(man_dir, f"{s}.json")) for s in COUNTS):
+    if _complete(data_root, man_dir):
         return
     print(f"generating the synthetic dataset into {os.path.join(data_root, 'synthetic')} (once) ...", flush=True)
     generate(data_root, prompts_root, seed)
+
+
+def _complete(data_root: str, man_dir: str) -> bool:
+    if not all(os.path.exists(os.path.join(man_dir, f"{s}.json")) for s in COUNTS):
+        return False
+    folders = {k: os.path.join(data_root, "synthetic", k) for k in ("images", "masks")}
+    if not all(os.path.isdir(d) for d in folders.values()):
+        return False
+    on_disk = {k: set(os.listdir(d)) for k, d in folders.items()}
+    for split in COUNTS:
+        try:
+            records = load_manifest(os.path.join(man_dir, f"{split}.json"))
+        except ValueError:
+            return False
+        if any(r["img_name"] not in on_disk["images"] or r["mask_name"] not in on_disk["masks"] for r in records):
+            return False
+    return True

@@ -13,7 +13,6 @@ from typing import Iterable
 import torch
 from torch import nn
 
-
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's statistics (also BiomedCLIP's preprocess_cfg)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # CLIPSeg's processor and the ImageNet CNN encoders

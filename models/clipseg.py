@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, SegModel
+from .hub import download_command, offline
+from .registry import CLIPSEG_HUB_ID
 from .text import ClipTokenizer
-
-DEFAULT_HUB_ID = "CIDAS/clipseg-rd64-refined"
 
 
 def clipseg_config(size: str = "base", input_size: int | None = None):
@@ -27,17 +27,17 @@ def clipseg_config(size: str = "base", input_size: int | None = None):
     from transformers import CLIPSegConfig
     if size == "base":
         return CLIPSegConfig(
-            text_config=dict(eos_token_id=49407, bos_token_id=49406, pad_token_id=1),
-            vision_config=dict(patch_size=16, image_size=224),
+            text_config={"eos_token_id": 49407, "bos_token_id": 49406, "pad_token_id": 1},
+            vision_config={"patch_size": 16, "image_size": 224},
             projection_dim=512, extract_layers=[3, 6, 9], reduce_dim=64,
             use_complex_transposed_convolution=True)
     if size == "tiny":
         return CLIPSegConfig(
-            text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                             vocab_size=49408, max_position_embeddings=77,
-                             eos_token_id=49407, bos_token_id=49406, pad_token_id=1),
-            vision_config=dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
-                               image_size=input_size or 96, patch_size=8),
+            text_config={"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                         "intermediate_size": 128, "vocab_size": 49408, "max_position_embeddings": 77,
+                         "eos_token_id": 49407, "bos_token_id": 49406, "pad_token_id": 1},
+            vision_config={"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
+                           "intermediate_size": 128, "image_size": input_size or 96, "patch_size": 8},
             projection_dim=64, extract_layers=[1, 2, 3], reduce_dim=32, decoder_num_attention_heads=4,
             decoder_intermediate_size=64, use_complex_transposed_convolution=True)
     raise ValueError(f"unknown CLIPSeg size '{size}'; use 'base' or 'tiny'")
@@ -56,31 +56,31 @@ def reset_decoder_init(decoder: nn.Module) -> nn.Module:
     return decoder
 
 
-def load_pretrained_clipseg(weights: str, what: str = "CLIPSeg weights",
-                            how_to_pass: str = "--weights /path/to/clipseg-rd64-refined"):
+def load_pretrained_clipseg(weights: str, what: str = "CLIPSeg weights", how_to_pass: str | None = None):
     """``CLIPSegForImageSegmentation`` from a local ``save_pretrained`` folder or a hub id (local cache first).
 
-    Offline and not cached: ``FileNotFoundError`` saying what to download and how to pass it (``how_to_pass``).
+    Offline and not cached: ``FileNotFoundError`` saying what to download and how to pass it (``how_to_pass``,
+    default ``--weights /path/to/<repo name>``).
     """
     from transformers import CLIPSegForImageSegmentation
     local = os.path.isdir(weights)
     if not local and (weights.startswith((".", "/", "~")) or os.path.exists(weights)):
         raise FileNotFoundError(f"{what} '{weights}' is not a folder saved with save_pretrained "
                                 f"(it needs config.json and model.safetensors)")
-    from .hub import offline as hub_offline
-    offline = hub_offline()
     try:
         try:  # the local folder or the Hugging Face cache first: no network round trips
             return CLIPSegForImageSegmentation.from_pretrained(weights, local_files_only=True)
         except (OSError, ValueError):
-            if local or offline:
+            if local or offline():
                 raise
         return CLIPSegForImageSegmentation.from_pretrained(weights)
     except (OSError, ValueError) as e:
+        repo = weights if not local and weights.count("/") == 1 else CLIPSEG_HUB_ID
+        local_dir = repo.split("/")[-1]
         raise FileNotFoundError(
             f"could not load {what} '{weights}': {type(e).__name__}: {str(e).splitlines()[0]}\n"
-            f"If this machine is offline, download them elsewhere (`huggingface-cli download {DEFAULT_HUB_ID} "
-            f"--local-dir clipseg-rd64-refined`), copy the folder here and pass {how_to_pass}; "
+            f"If this machine is offline, download them elsewhere (`{download_command(repo, local_dir)}`), copy "
+            f"the folder here and pass {how_to_pass or f'--weights /path/to/{local_dir}'}; "
             f"or use random initialisation (--weights none).") from e
 
 

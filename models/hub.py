@@ -28,13 +28,20 @@ def offline() -> bool:
     return not _reachable()
 
 
+def download_command(repo_id: str, local_dir: str, *files: str, revision: str | None = None) -> str:
+    """The ``hf`` command (huggingface_hub's CLI) that fetches ``files`` (default: the whole repo) of
+    ``repo_id`` into ``local_dir`` on a connected machine; for the hints of offline errors."""
+    parts = ["hf download", repo_id, *files] + ([f"--revision {revision}"] if revision else [])
+    return " ".join(parts + [f"--local-dir {local_dir}"])
+
+
 def hub_file(repo_id: str, filename: str, what: str, hint: str, revision: str | None = None) -> str:
     """Path of ``filename`` from hub repo ``repo_id``: the local Hugging Face cache first, then the network
     unless ``offline()``.  Raises a ``FileNotFoundError`` that says what to supply (``hint``)."""
     from huggingface_hub import hf_hub_download
     try:
         return hf_hub_download(repo_id, filename, revision=revision, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not cached (or not a repo id): maybe try the network below
+    except Exception:  # noqa: BLE001, S110 - not cached (or not a repo id): maybe try the network below
         pass
     cause = "offline: HF_HUB_OFFLINE/VLSM_OFFLINE set or huggingface.co unreachable"
     if not offline():

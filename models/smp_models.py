@@ -17,23 +17,24 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from vlsm.checkpoint import read_state_dict
+
 from .base import IMAGENET_MEAN, IMAGENET_STD, SegModel
-from .hub import hub_file
+from .hub import download_command, hub_file
 
 logger = logging.getLogger(__name__)
 
 
 SIZES = {
-    "base": dict(encoder_name="resnet50", encoder_depth=5, input_size=352, decoder={}),
-    "tiny": dict(encoder_name="resnet18", encoder_depth=3, input_size=128,
-                 decoder={"unet": dict(decoder_channels=(32, 16, 8)),
-                          "unetplusplus": dict(decoder_channels=(32, 16, 8)),
-                          "deeplabv3plus": dict(decoder_channels=32, decoder_atrous_rates=(2, 4, 6))}),
+    "base": {"encoder_name": "resnet50", "encoder_depth": 5, "input_size": 352, "decoder": {}},
+    "tiny": {"encoder_name": "resnet18", "encoder_depth": 3, "input_size": 128,
+             "decoder": {"unet": {"decoder_channels": (32, 16, 8)},
+                         "unetplusplus": {"decoder_channels": (32, 16, 8)},
+                         "deeplabv3plus": {"decoder_channels": 32, "decoder_atrous_rates": (2, 4, 6)}}},
 }
 ARCHS = {"unet": "Unet", "unetplusplus": "UnetPlusPlus", "deeplabv3plus": "DeepLabV3Plus"}
 
@@ -67,31 +68,12 @@ def _prune_unused_stages(encoder: nn.Module, depth: int) -> None:
     encoder.pruned_stages = tuple(pruned)
 
 
-def _read_state_dict(path: Path) -> dict:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a ResNet state dict, got {type(state).__name__}")
-    out = {}
-    for k, v in state.items():
-        for prefix in ("module.", "encoder.", "net.encoder."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        if not k.startswith("fc."):
-            out[k] = v
-    return out
-
-
 def load_encoder_file(encoder: nn.Module, path: str | os.PathLike) -> None:
-    """Load a ResNet state dict file into an smp ResNet encoder (strict; clear error on mismatch)."""
-    path = Path(path)
-    state = _read_state_dict(path)
+    """Load a ResNet state-dict file (torchvision ``.pth``, smp ``.safetensors``, or a checkpoint holding one under
+    ``state_dict``/``model``) into an smp ResNet encoder: ``module.``/``encoder.``/``net.encoder.`` prefixes and
+    the ``fc`` classifier are dropped; anything else that does not match is a clear error."""
+    state = read_state_dict(str(path), "ResNet weights", strip_prefixes=("module.", "net.encoder.", "encoder."))
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     own = encoder.state_dict()
     missing = [k for k in own if k not in state]
     pruned = tuple(f"{n}." for n in getattr(encoder, "pruned_stages", ()))
@@ -109,7 +91,8 @@ def load_encoder_file(encoder: nn.Module, path: str | os.PathLike) -> None:
 
 
 def find_imagenet_weights(encoder_name: str) -> str:
-    """Locate ImageNet weights for ``encoder_name`` in local caches (HF first, then torch hub)."""
+    """ImageNet weights for ``encoder_name``: torchvision's file in the torch hub cache, else smp's
+    ``model.safetensors`` from the Hugging Face cache (downloaded only when online)."""
     import segmentation_models_pytorch as smp
 
     settings = smp.encoders.encoders[encoder_name]["pretrained_settings"]["imagenet"]
@@ -118,10 +101,11 @@ def find_imagenet_weights(encoder_name: str) -> str:
     hits = sorted(glob.glob(os.path.join(hub_dir, f"{encoder_name}-*.pth")))
     if hits:  # torchvision's download, already on disk
         return hits[0]
+    fetch = download_command(repo, f"{encoder_name}-imagenet", "model.safetensors", revision=rev)
     return hub_file(repo, "model.safetensors", f"ImageNet weights for {encoder_name}", revision=rev, hint=(
-        f"Supply the file yourself: --weights /path/to/{encoder_name}.safetensors (model.safetensors of "
-        f"hf.co/{repo}) or torchvision's {encoder_name}-*.pth (e.g. put it in {hub_dir}/), "
-        f"or use --weights none for random initialisation."))
+        f"Supply the file yourself: on a connected machine run `{fetch}`, copy the folder here and pass "
+        f"--weights /path/to/{encoder_name}-imagenet/model.safetensors; or pass torchvision's {encoder_name}-*.pth "
+        f"(or put it in {hub_dir}/); or use --weights none for random initialisation."))
 
 
 def _build(arch: str, weights: str | None, size: str, input_size: int | None, **cfg) -> SMPSegModel:

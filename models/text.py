@@ -11,8 +11,6 @@ import warnings
 
 import torch
 
-SOT_ID, EOT_ID = 49406, 49407
-
 
 class TruncationWarner:
     """Warn once per tokenizer about prompts cut to the context length, saying how many."""

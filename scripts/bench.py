@@ -21,9 +21,11 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import engine  # noqa: E402
 from datasets import ManifestDataset, SegTransform, build_dataset  # noqa: E402
 from models import create_model  # noqa: E402
+from vlsm.losses import SegLoss  # noqa: E402
+from vlsm.optim import build_optimizer  # noqa: E402
+from vlsm.runtime import autocast, forward_batch, pick_device  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -71,8 +73,8 @@ def bench_model(name: str, args, device) -> dict:
     x = torch.randn(b, 3, s, s, device=device)
     y = (torch.rand(b, 1, s, s, device=device) > 0.5).float()
     texts = ["one small pink round polyp, located in the center of the image"] * b
-    opt = engine.build_optimizer(model, "adamw", 1e-4, 1e-3)
-    loss_fn = engine.SegLoss()
+    opt = build_optimizer(model, "adamw", 1e-4, 1e-3)
+    loss_fn = SegLoss()
     amp = device.type == "cuda"
     batch = {"image": x, "text": texts}
 
@@ -85,8 +87,8 @@ def bench_model(name: str, args, device) -> dict:
         if i == 2:
             sync()
             t = time.perf_counter()
-        with engine.autocast(device, amp):
-            logits = engine.forward_batch(model, batch, device)
+        with autocast(device, amp):
+            logits = forward_batch(model, batch, device)
         loss = loss_fn(logits, y)["loss"]
         opt.zero_grad()
         loss.backward()
@@ -99,8 +101,8 @@ def bench_model(name: str, args, device) -> dict:
             if i == 2:
                 sync()
                 t = time.perf_counter()
-            with engine.autocast(device, amp):
-                engine.forward_batch(model, batch, device)
+            with autocast(device, amp):
+                forward_batch(model, batch, device)
     sync()
     infer = b * args.steps / (time.perf_counter() - t)
     return {"input": s, "params_M": round(model.parameter_counts()["total"] / 1e6, 2),
@@ -108,7 +110,7 @@ def bench_model(name: str, args, device) -> dict:
 
 
 def main(args) -> dict:
-    device = engine.pick_device(args.device)
+    device = pick_device(args.device)
     print(f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch}, size {args.size}")
     results = {"data": bench_data(args)}
     for k, v in results["data"].items():

@@ -12,17 +12,17 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from models.cris import build_cris, load_original_state_dict  # noqa: E402
-
-GOLDEN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "reference",
-                      "cris", "tiny_golden.pt")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLDEN = os.path.join(ROOT, "..", "shared", "reference", "cris", "tiny_golden.pt")
+sys.path.insert(0, ROOT)  # run as a script from anywhere; models is imported where it is used
 
 
 def golden_error(path: str) -> float | None:
+    from models.cris import build_cris, load_original_state_dict
+    from vlsm.checkpoint import load_torch_file
     if not os.path.isfile(path):
         return None
-    g = torch.load(path, map_location="cpu", weights_only=True)
+    g = load_torch_file(path, "golden file")
     model = build_cris(config=g["config"]).eval()
     load_original_state_dict(model, g["state_dict"])
     with torch.no_grad():
@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--golden", default=GOLDEN)
     args = ap.parse_args()
+    from models.cris import build_cris
     if args.threads:
         torch.set_num_threads(args.threads)
     err = golden_error(args.golden)

@@ -10,7 +10,7 @@ PY=${PY:-python}
 PROMPTS_ROOT=${PROMPTS_ROOT:-prompts_json}
 PERTURBED=${PERTURBED:-$PROMPTS_ROOT/$DATA/perturbed}
 if [ ! -d "$PERTURBED" ]; then
-  $PY perturb_prompts.py --manifest "$PROMPTS_ROOT/$DATA/test.json" --out-dir "$PERTURBED"
+  $PY perturb_prompts.py --manifest "$PROMPTS_ROOT/$DATA/test.json" --out "$PERTURBED"
 fi
 TAG=study$(date +%Y%m%d%H%M%S)
 $PY evaluate.py --checkpoint "$RUN" --data "$DATA" --prompt "$PROMPT" --prompts-root "$PROMPTS_ROOT" --tag "$TAG" "$@"

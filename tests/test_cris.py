@@ -6,8 +6,16 @@ import torch
 import torch.nn.functional as F
 
 from models import create_model, get_preset
-from models.cris import (PRESETS, CRISConfig, build_clip_backbone, build_cris, export_original_state_dict,
-                         load_cris_checkpoint, load_original_state_dict, save_cris_checkpoint)
+from models.cris import (
+    PRESETS,
+    CRISConfig,
+    build_clip_backbone,
+    build_cris,
+    export_original_state_dict,
+    load_cris_checkpoint,
+    load_original_state_dict,
+    save_cris_checkpoint,
+)
 
 REF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "reference", "cris")
 GOLDEN = os.path.join(REF, "tiny_golden.pt")
@@ -91,9 +99,10 @@ def test_full_size_state_dict_matches_original_keys_shapes_order_and_count():
     assert 146_000_000 <= counts["total"] <= 147_000_000 and counts["total"] == 146_849_122
     sd = export_original_state_dict(model)
     ref = []
-    for line in open(TSV):
-        key, shape, _ = line.rstrip("\n").split("\t")
-        ref.append((key, tuple(int(s) for s in shape.split(",")) if shape else ()))
+    with open(TSV) as f:
+        for line in f:
+            key, shape, _ = line.rstrip("\n").split("\t")
+            ref.append((key, tuple(int(s) for s in shape.split(",")) if shape else ()))
     assert [(k, tuple(v.shape)) for k, v in sd.items()] == ref  # 662 keys, same order and shapes
     assert model.input_size == 416 and model.default_threshold == 0.35
     # the visual tower is exactly CLIP RN50 plus the CRIS-only connect branch
@@ -254,10 +263,11 @@ def _openai_style_tiny_clip_file(tmp_path):
     from open_clip.model import CLIP
     cfg = PRESETS["tiny"]
     torch.manual_seed(7)
-    clip = CLIP(cfg.embed_dim, dict(layers=cfg.vision_layers, width=cfg.vision_width, image_size=cfg.image_resolution,
-                                    head_width=cfg.vision_width * 32 // cfg.attnpool_heads),
-                dict(context_length=77, vocab_size=49408, width=cfg.transformer_width, heads=cfg.transformer_heads,
-                     layers=cfg.transformer_layers), quick_gelu=True)
+    clip = CLIP(cfg.embed_dim,
+                {"layers": cfg.vision_layers, "width": cfg.vision_width, "image_size": cfg.image_resolution,
+                 "head_width": cfg.vision_width * 32 // cfg.attnpool_heads},
+                {"context_length": 77, "vocab_size": 49408, "width": cfg.transformer_width,
+                 "heads": cfg.transformer_heads, "layers": cfg.transformer_layers}, quick_gelu=True)
     sd = {k: v.half() for k, v in clip.state_dict().items() if v.is_floating_point()}
     sd.update({k: v for k, v in clip.state_dict().items() if not v.is_floating_point()})
     sd.update(input_resolution=torch.tensor(64), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
@@ -274,7 +284,8 @@ def test_clip_weights_from_local_file(tmp_path):
     for k in ("visual.conv1.weight", "visual.attnpool.q_proj.weight", "transformer.resblocks.1.attn.in_proj_weight",
               "token_embedding.weight", "text_projection", "positional_embedding"):
         assert torch.equal(mine[k], ref[k].half().float()), k
-    assert torch.equal(mine["visual.attnpool.connect.1.weight"], torch.ones_like(mine["visual.attnpool.connect.1.weight"]))
+    assert torch.equal(mine["visual.attnpool.connect.1.weight"],
+                       torch.ones_like(mine["visual.attnpool.connect.1.weight"]))
     # the weights do not fit another size: clear error
     with pytest.raises(ValueError, match="shape mismatches"):
         build_cris(weights=path, size="tiny", vision_width=4, fpn_in=(32, 64, 64))
@@ -304,9 +315,9 @@ def test_clip_weights_from_torchscript_archive(tmp_path):
 
 
 def test_train_py_cris_checkpoint_exports_to_the_original_format(small_synthetic, tmp_path):
-    import engine
     import train
-    from models.cris import export_main, load_cris_checkpoint
+    from models.cris.__main__ import main as export_main
+    from models.registry import model_from_checkpoint
     data_root, prompts_root = small_synthetic
     run = train.main(train.get_args_parser().parse_args(
         ["--model", "cris", "--data-root", data_root, "--prompts-root", prompts_root, "--output-dir", str(tmp_path),
@@ -315,7 +326,7 @@ def test_train_py_cris_checkpoint_exports_to_the_original_format(small_synthetic
     out = export_main([run, str(tmp_path / "orig.pth")])
     sd = torch.load(out, weights_only=True)["state_dict"]
     assert all(k.startswith("module.") for k in sd)
-    model, _ = engine.model_from_checkpoint(run)
+    model, _ = model_from_checkpoint(run)
     fresh = build_cris(size="tiny", input_size=64)
     load_cris_checkpoint(fresh, out)
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))

@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from engine import SegLoss, dice_iou, soft_dice_loss, upsample_logits
+from vlsm.losses import SegLoss, soft_dice_loss
+from vlsm.metrics import dice_iou, upsample_logits
 
 
 def test_dice_iou_on_known_masks():

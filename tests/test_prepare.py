@@ -3,7 +3,8 @@
 Each test writes a few generated images in the release's real formats and names (JPEG, PNG, TIFF,
 MHD/raw and NIfTI via SimpleITK, COCO RLE JSON via pycocotools) into ``tmp_path`` and checks the
 files, mask values, bboxes, manifests, split counts and metadata produced by ``datasets.prepare``.
-The last tests run the Kvasir and ClinicDB converters on the real data in /work/shared/data when present.
+The last tests run the Kvasir and ClinicDB converters on the real data in ../shared/data
+(VLSM_SHARED_DATA) when present.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from datasets.converters.common import PrepareError
 from datasets.prepare import PAPER_COUNTS, main, prepare, scaled_counts
 
 W, H = 40, 30
-SHARED = os.environ.get("MEDVLSM_SHARED_DATA", "/work/shared/data")
+from conftest import SHARED_DATA as SHARED  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- helpers

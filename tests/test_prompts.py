@@ -16,6 +16,8 @@ from skimage import draw
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from conftest import SHARED_DATA  # noqa: E402
+
 import make_prompts  # noqa: E402
 import perturb_prompts  # noqa: E402
 from datasets import attributes as A  # noqa: E402
@@ -26,7 +28,7 @@ _spec = importlib.util.spec_from_file_location("perturbation_report",
 report = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(report)
 
-KVASIR = "/work/shared/data/kvasir_seg"
+KVASIR = os.path.join(SHARED_DATA, "kvasir_seg")
 
 
 def disc(shape, center, radius):
@@ -288,7 +290,7 @@ def test_make_prompts_dry_run_writes_nothing_and_is_deterministic(tiny_kvasir, c
 
 
 def test_make_prompts_errors(tmp_path):
-    with pytest.raises(SystemExit, match="no manifest found"):
+    with pytest.raises(FileNotFoundError, match="no manifest found"):
         make_prompts.main(_args(data_root=str(tmp_path), prompts_root=str(tmp_path)))
     with pytest.raises(ValueError, match="unknown dataset"):
         make_prompts.main(_args(data="nope"))
@@ -350,7 +352,7 @@ def test_vqa_path_with_fake_pipeline(tiny_kvasir, monkeypatch):
 
 
 def test_vqa_load_error_is_clear(tmp_path):
-    with pytest.raises(SystemExit, match="could not load VQA model"):
+    with pytest.raises(FileNotFoundError, match="could not load VQA model"):
         make_prompts.load_vqa(str(tmp_path / "missing" / "model"))
 
 
@@ -416,7 +418,7 @@ def test_perturb_cli_deterministic(tmp_path):
     for k in range(2):
         out_dir = str(tmp_path / f"out{k}")
         perturb_prompts.main(perturb_prompts.get_args_parser().parse_args(
-            ["--manifest", src, "--out-dir", out_dir, "--seed", "3"]))
+            ["--manifest", src, "--out", out_dir, "--seed", "3"]))
         outs.append(out_dir)
     names = sorted(os.listdir(outs[0]))
     assert len(names) == 5 * 3 + 1 and "test__colour__random_word.json" in names
@@ -429,14 +431,14 @@ def test_perturb_cli_deterministic(tmp_path):
     assert size_opp["changed"] == 2 and size_opp["unchanged"] == 1
     other = str(tmp_path / "other")
     perturb_prompts.main(perturb_prompts.get_args_parser().parse_args(
-        ["--manifest", src, "--out-dir", other, "--seed", "4", "--attributes", "color", "--kinds", "random_word"]))
+        ["--manifest", src, "--out", other, "--seed", "4", "--attributes", "color", "--kinds", "random_word"]))
     assert os.listdir(other)  # "color" alias accepted
     with pytest.raises(ValueError, match="unknown attribute"):
         perturb_prompts.main(perturb_prompts.get_args_parser().parse_args(
-            ["--manifest", src, "--out-dir", other, "--attributes", "mood"]))
+            ["--manifest", src, "--out", other, "--attributes", "mood"]))
     bare = _manifest(str(tmp_path / "prompts"), "kvasir", "bare", [{"img_name": "a.png"}])
     with pytest.raises(ValueError, match="run `python make_prompts.py"):
-        perturb_prompts.main(perturb_prompts.get_args_parser().parse_args(["--manifest", bare, "--out-dir", other]))
+        perturb_prompts.main(perturb_prompts.get_args_parser().parse_args(["--manifest", bare, "--out", other]))
 
 
 # ----------------------------------------------------------------------------- report
@@ -444,7 +446,7 @@ def test_perturbation_report(tmp_path, capsys):
     src = _manifest(str(tmp_path / "prompts"), "kvasir", "test", _records())
     pert_dir = tmp_path / "pert"
     perturb_prompts.main(perturb_prompts.get_args_parser().parse_args(
-        ["--manifest", src, "--out-dir", str(pert_dir), "--attributes", "size,location", "--kinds", "opposite,drop"]))
+        ["--manifest", src, "--out", str(pert_dir), "--attributes", "size,location", "--kinds", "opposite,drop"]))
     sums = tmp_path / "sums"
     sums.mkdir()
 

@@ -16,6 +16,10 @@ import engine
 import evaluate
 import train
 from datasets import BadSampleError, read_image, read_mask
+from models import model_from_checkpoint
+from vlsm.checkpoint import atomic_torch_save, load_checkpoint
+from vlsm.losses import SegLoss
+from vlsm.metrics import dice_iou
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,7 +67,7 @@ def test_empty_mask_is_kept_and_scores_by_the_rule(tmp_path):
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "e.png")
     m = read_mask(str(tmp_path / "e.png"))
     assert m.shape == (20, 20) and m.sum() == 0
-    assert engine.dice_iou(torch.from_numpy(m), torch.from_numpy(m)) == (1.0, 1.0)
+    assert dice_iou(torch.from_numpy(m), torch.from_numpy(m)) == (1.0, 1.0)
 
 
 def test_non_binary_mask_without_foreground_is_refused(tmp_path):
@@ -99,7 +103,7 @@ def _batches(n):
 def test_non_finite_loss_skips_the_step_and_is_counted():
     model = NaNAfter({2, 4})
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    stats = engine.train_one_epoch(model, _batches(5), opt, engine.SegLoss(), torch.device("cpu"), 0)
+    stats = engine.train_one_epoch(model, _batches(5), opt, SegLoss(), torch.device("cpu"), 0)
     assert stats["nonfinite_steps"] == 2 and stats["n_samples"] == 6
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -108,7 +112,7 @@ def test_too_many_non_finite_losses_stop_the_run():
     model = NaNAfter(range(1, 100))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(engine.NonFiniteLossError, match="3 non-finite losses in a row"):
-        engine.train_one_epoch(model, _batches(5), opt, engine.SegLoss(), torch.device("cpu"), 0, max_bad_steps=3)
+        engine.train_one_epoch(model, _batches(5), opt, SegLoss(), torch.device("cpu"), 0, max_bad_steps=3)
 
 
 # ----------------------------------------------------------------------------- safe loading
@@ -123,21 +127,21 @@ def test_pickle_needing_code_is_refused(tmp_path):
     p = tmp_path / "evil.pth"
     with open(p, "wb") as f:
         pickle.dump({"model": Evil()}, f)
-    with pytest.raises(RuntimeError, match="refusing to load"):
-        engine.load_checkpoint(str(p))
+    with pytest.raises(ValueError, match="refusing to load"):
+        load_checkpoint(str(p))
 
 
 def test_atomic_save_leaves_no_temp_file_and_keeps_old_on_failure(tmp_path):
     p = str(tmp_path / "ck.pth")
-    engine.atomic_torch_save({"a": torch.ones(2)}, p)
+    atomic_torch_save({"a": torch.ones(2)}, p)
 
     class Unsaveable:
         def __reduce__(self):
             raise RuntimeError("boom")
 
     with pytest.raises(Exception):
-        engine.atomic_torch_save({"a": Unsaveable()}, p)
-    assert torch.equal(engine.load_checkpoint(p)["a"], torch.ones(2))  # the finished checkpoint survives
+        atomic_torch_save({"a": Unsaveable()}, p)
+    assert torch.equal(load_checkpoint(p)["a"], torch.ones(2))  # the finished checkpoint survives
 
 
 # ----------------------------------------------------------------------------- runs
@@ -164,7 +168,7 @@ def _start_and_wait_one_epoch(data_root, prompts_root, tmp_path, epochs):
     """Start train.py in a subprocess and return (process, run folder, env) once epoch 0 is logged."""
     run = str(tmp_path / "run")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_train_cmd(data_root, prompts_root, str(tmp_path), "--epochs", str(epochs), "--run-dir",
+    proc = subprocess.Popen(_train_cmd(data_root, prompts_root, str(tmp_path), "--epochs", str(epochs), "--out",
                                        run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=ROOT)
     _wait_for(os.path.join(run, "metrics.jsonl"), 1, proc)
@@ -175,18 +179,18 @@ def test_sigkill_then_resume_finishes_all_epochs(small_synthetic, tmp_path):
     data_root, prompts_root = small_synthetic
     proc, run, env = _start_and_wait_one_epoch(data_root, prompts_root, tmp_path, 3)
     last = os.path.join(run, "last.pth")
-    while engine.load_checkpoint(last)["epoch"] < 1:  # written at the start, then after every epoch
+    while load_checkpoint(last)["epoch"] < 1:  # written at the start, then after every epoch
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)  # mid-way through epoch 1
     proc.wait()
     assert not os.path.exists(os.path.join(run, "final.json"))
-    assert engine.load_checkpoint(os.path.join(run, "last.pth"))["epoch"] >= 1
+    assert load_checkpoint(os.path.join(run, "last.pth"))["epoch"] >= 1
     out = subprocess.run(_train_cmd(data_root, prompts_root, str(tmp_path), "--resume", run), env=env, cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     rows = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
     assert [r["epoch"] for r in rows] == [0, 1, 2]
-    best = engine.load_checkpoint(os.path.join(run, "best.pth"))
+    best = load_checkpoint(os.path.join(run, "best.pth"))
     assert best["epoch"] >= 1 and best["model_name"] == "clipseg"
     # a finished run is never resumed or reused
     again = subprocess.run(_train_cmd(data_root, prompts_root, str(tmp_path), "--resume", run), env=env, cwd=ROOT,
@@ -201,10 +205,10 @@ def test_sigint_saves_last_checkpoint_and_exits_cleanly(small_synthetic, tmp_pat
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     assert "interrupted in epoch" in out and "--resume" in out and "Traceback" not in out
-    assert engine.load_checkpoint(os.path.join(run, "last.pth"))["epoch"] >= 1
-    cut = engine.load_checkpoint(os.path.join(run, "interrupted.pth"))  # the half-done epoch's weights
+    assert load_checkpoint(os.path.join(run, "last.pth"))["epoch"] >= 1
+    cut = load_checkpoint(os.path.join(run, "interrupted.pth"))  # the half-done epoch's weights
     assert cut["interrupted_in_epoch"] >= 1 and "optimizer" not in cut
-    model, _ = engine.model_from_checkpoint(os.path.join(run, "interrupted.pth"))
+    model, _ = model_from_checkpoint(os.path.join(run, "interrupted.pth"))
     assert model.input_size == 64
 
 
@@ -213,7 +217,7 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(small_synthetic, tm
 
     def run(name, *extra):
         args = train.get_args_parser().parse_args(
-            _train_cmd(data_root, prompts_root, str(tmp_path), "--epochs", "3", "--run-dir", str(tmp_path / name),
+            _train_cmd(data_root, prompts_root, str(tmp_path), "--epochs", "3", "--out", str(tmp_path / name),
                        *extra)[2:])
         return train.main(args)
 
@@ -230,7 +234,7 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(small_synthetic, tm
     with pytest.raises(SystemExit) as e:
         run("cut")
     assert e.value.code == 130
-    assert engine.load_checkpoint(str(tmp_path / "cut" / "last.pth"))["epoch"] == 1
+    assert load_checkpoint(str(tmp_path / "cut" / "last.pth"))["epoch"] == 1
     monkeypatch.setattr(engine, "train_one_epoch", real)
     train.main(train.get_args_parser().parse_args(["--resume", str(tmp_path / "cut"), "--workers", "0"]))
     a = [json.loads(x) for x in open(tmp_path / "straight" / "metrics.jsonl")]
@@ -249,7 +253,7 @@ def test_run_folders_and_results_are_never_reused(small_synthetic, tmp_path):
     run = train.main(args)["run_dir"]
     with pytest.raises(FileExistsError):
         train.main(train.get_args_parser().parse_args(
-            ["--data-root", data_root, "--prompts-root", prompts_root, "--run-dir", run, "--no-test"]))
+            ["--data-root", data_root, "--prompts-root", prompts_root, "--out", run, "--no-test"]))
     ev = ["--checkpoint", run, "--data-root", data_root, "--prompts-root", prompts_root, "--workers", "0"]
     r1 = evaluate.main(evaluate.get_args_parser().parse_args(ev))
     r2 = evaluate.main(evaluate.get_args_parser().parse_args(ev))

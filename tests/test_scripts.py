@@ -36,7 +36,7 @@ def test_zeroshot_from_a_saved_pretrained_folder(small_synthetic, tmp_path):
     m.hf.save_pretrained(tmp_path / "clipseg")
     args = zeroshot.get_args_parser().parse_args(
         ["--model", "clipseg", "--weights", str(tmp_path / "clipseg"), "--data", "synthetic", "--prompts", "p1,p3",
-         "--data-root", data_root, "--prompts-root", prompts_root, "--out-root", str(tmp_path / "zs"),
+         "--data-root", data_root, "--prompts-root", prompts_root, "--output-dir", str(tmp_path / "zs"),
          "--workers", "0"])
     res = zeroshot.main(args)
     assert [r["prompt"] for r in res] == ["p1", "p3"]
@@ -58,7 +58,7 @@ def test_predict_writes_masks_at_original_size(small_synthetic, tmp_path):
     assert Image.open(os.path.join(out, "a_mask.png")).size == (70, 50)
     assert Image.open(os.path.join(out, "b_mask.png")).size == (20, 33)
     assert os.path.exists(os.path.join(out, "a_overlay.png"))
-    with pytest.raises(SystemExit, match="never overwritten"):
+    with pytest.raises(FileExistsError, match="never overwritten"):
         predict.main(predict.get_args_parser().parse_args(
             ["--checkpoint", run, "--images", str(img_dir), "--out", out]))
 

@@ -5,10 +5,11 @@ import os
 import pytest
 import torch
 
-import engine
 import evaluate
 import train
 from datasets.synthetic import generate
+from models import model_from_checkpoint
+from vlsm import training
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +49,9 @@ def test_run_folder_contents_and_metrics_at_original_size(trained_run):
 
 def test_checkpoint_round_trip_gives_identical_predictions(trained_run):
     result, _, _ = trained_run
-    model, ckpt = engine.model_from_checkpoint(os.path.join(result["run_dir"], "best.pth"))
+    model, ckpt = model_from_checkpoint(os.path.join(result["run_dir"], "best.pth"))
     args = train.get_args_parser().parse_args([])
-    ref = train.build_model(train.resolve_args(args))
+    ref = training.build_model(training.resolve_args(args))
     ref.load_state_dict(ckpt["model"])
     model.eval(), ref.eval()
     x = torch.randn(2, 3, model.input_size, model.input_size)

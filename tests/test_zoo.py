@@ -10,8 +10,14 @@ import pytest
 import torch
 
 from models import create_model
-from models.biomedclipseg import (BIOMEDCLIP_HUB_ID, CLIPSEG_HUB_ID, BertPromptTokenizer, build_biomedclipseg,
-                                  build_biomedclipseg_d, make_tiny_bert_vocab, save_biomedclip_encoders)
+from models.biomedclipseg import (
+    BertPromptTokenizer,
+    build_biomedclipseg,
+    build_biomedclipseg_d,
+    make_tiny_bert_vocab,
+    save_biomedclip_encoders,
+)
+from models.registry import BIOMEDCLIP_HUB_ID, CLIPSEG_HUB_ID
 from models.smp_models import build_unet, load_encoder_file
 
 torch.set_num_threads(1)
@@ -157,10 +163,10 @@ def tiny_clipseg(folder, projection_dim=32):
     from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
     torch.manual_seed(3)
     cfg = CLIPSegConfig(
-        text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
-                         vocab_size=100, max_position_embeddings=16),
-        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=2,
-                           image_size=128, patch_size=16),
+        text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "vocab_size": 100, "max_position_embeddings": 16},
+        vision_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+                       "num_attention_heads": 2, "image_size": 128, "patch_size": 16},
         projection_dim=projection_dim, extract_layers=[1, 2, 3], reduce_dim=16, decoder_num_attention_heads=2,
         decoder_intermediate_size=32, use_complex_transposed_convolution=True)
     model = CLIPSegForImageSegmentation(cfg)
@@ -223,10 +229,11 @@ def test_base_architecture_matches_open_clip_biomedclip_checkpoint_layout(monkey
     from models.biomedclipseg import SIZES
     bert = transformers.BertConfig(**SIZES["base"]["text"])
     monkeypatch.setattr(hf_model.AutoConfig, "from_pretrained", lambda *a, **k: bert)
-    vision_cfg = dict(timm_model_name="vit_base_patch16_224", timm_model_pretrained=False, timm_pool="",
-                      timm_proj="linear", image_size=224)
-    text_cfg = dict(hf_model_name="microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract", hf_proj_type="mlp",
-                    hf_pooler_type="cls_last_hidden_state_pooler", context_length=256, hf_model_pretrained=False)
+    vision_cfg = {"timm_model_name": "vit_base_patch16_224", "timm_model_pretrained": False, "timm_pool": "",
+                  "timm_proj": "linear", "image_size": 224}
+    text_cfg = {"hf_model_name": "microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract", "hf_proj_type": "mlp",
+                "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 256,
+                "hf_model_pretrained": False}
     with torch.device("meta"):
         oc = open_clip.CustomTextCLIP(embed_dim=512, vision_cfg=vision_cfg, text_cfg=text_cfg)
         ours = build_biomedclipseg()
@@ -240,7 +247,8 @@ def test_base_architecture_matches_open_clip_biomedclip_checkpoint_layout(monkey
 # ---------------------------------------------------------------------------------------------
 def test_bert_tokenizer_ids_padding_truncation_and_pickle(vocab):
     tok = BertPromptTokenizer(vocab, context_length=6)
-    words = open(vocab).read().split("\n")
+    with open(vocab) as f:
+        words = f.read().split("\n")
     with pytest.warns(UserWarning, match="1 prompt.*PubMedBERT text context"):
         out = tok(["Round polyp", "a red lesion in the top left"])
     assert out["input_ids"][0].tolist() == [2, words.index("round"), words.index("polyp"), 3, 0, 0]

@@ -17,8 +17,18 @@ import re
 
 import numpy as np
 
-from .common import (Conversion, PrepareError, Sample, Target, candidate_roots, find_dir, read_array, read_binary_mask,
-                     safe_stem, unknown_layout)
+from .common import (
+    Conversion,
+    PrepareError,
+    Sample,
+    Target,
+    candidate_roots,
+    find_dir,
+    read_array,
+    read_binary_mask,
+    safe_stem,
+    unknown_layout,
+)
 
 CLASSES = ("benign", "malignant", "normal")
 MASK_RE = re.compile(r"^(?P<base>.+?)_mask(?:_(?P<k>\d+))?$", re.IGNORECASE)

@@ -31,7 +31,6 @@ from PIL import Image
 
 from ..io import BadSampleError, mask_to_binary
 
-
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 COPY_EXTS = (".jpg", ".jpeg", ".png")
 

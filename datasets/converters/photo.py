@@ -14,8 +14,18 @@ from __future__ import annotations
 
 import os
 
-from .common import (Conversion, PrepareError, Sample, Target, candidate_roots, descend_same_name, image_files,
-                     pair_by_stem, read_binary_mask, unknown_layout)
+from .common import (
+    Conversion,
+    PrepareError,
+    Sample,
+    Target,
+    candidate_roots,
+    descend_same_name,
+    image_files,
+    pair_by_stem,
+    read_binary_mask,
+    unknown_layout,
+)
 
 
 def _dirs_matching(root: str, needle: str) -> list[str]:

@@ -17,8 +17,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import (Conversion, PrepareError, Sample, Target, candidate_roots, descend_same_name, find_dir,
-                     image_files, listing, pair_by_stem, read_array, read_binary_mask, unknown_layout)
+from .common import (
+    Conversion,
+    PrepareError,
+    Sample,
+    Target,
+    candidate_roots,
+    descend_same_name,
+    find_dir,
+    image_files,
+    listing,
+    pair_by_stem,
+    read_array,
+    read_binary_mask,
+    unknown_layout,
+)
 
 # (image folder names, mask folder names, mask stem from image stem, description)
 USUAL = (("images",), ("masks",), lambda s: s, "images/ + masks/ (same stems)")

@@ -1,0 +1,48 @@
+"""The BiomedCLIPSeg :class:`SegModel`: BiomedCLIP encoders + CLIPSeg decoder (conventions: package docstring)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..base import CLIP_MEAN, CLIP_STD, SegModel
+from .encoders import BiomedCLIPText, BiomedCLIPVision
+
+
+class BiomedCLIPSeg(SegModel):
+    """BiomedCLIP image/text encoders + CLIPSeg decoder.  ``extract_layers`` are 0-based block indices."""
+
+    image_mean = CLIP_MEAN
+    image_std = CLIP_STD
+
+    def __init__(self, visual: BiomedCLIPVision, text: BiomedCLIPText, decoder: nn.Module,
+                 extract_layers: tuple[int, ...], tokenizer, input_size: int):
+        super().__init__()
+        depth = len(visual.trunk.blocks)
+        layers = tuple(int(i) for i in extract_layers)
+        if not layers or list(layers) != sorted(set(layers)) or layers[0] < 0 or layers[-1] >= depth:
+            raise ValueError(f"extract_layers={extract_layers}: need distinct ascending 0-based block indices "
+                             f"in [0, {depth - 1}] (the image encoder has {depth} blocks)")
+        self.visual = visual
+        self.text = text
+        self.decoder = decoder
+        self.extract_layers = layers
+        self.tokenizer = tokenizer
+        self.input_size = int(input_size)
+        self.decoder_init_report: dict | None = None
+
+    def image_encoder_modules(self) -> list[nn.Module]:
+        return [self.visual]
+
+    def text_encoder_modules(self) -> list[nn.Module]:
+        return [self.text]
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if input_ids is None:
+            raise ValueError("BiomedCLIPSeg needs tokenized prompts (input_ids); use model.tokenize(texts)")
+        if input_ids.shape[0] != pixel_values.shape[0]:
+            raise ValueError(f"{input_ids.shape[0]} prompts for {pixel_values.shape[0]} images")
+        activations = self.visual.tapped_hidden_states(pixel_values, self.extract_layers)
+        conditional = self.text(input_ids, attention_mask)
+        logits = self.decoder(activations, conditional).logits  # [B, H, W]
+        return logits.unsqueeze(1)

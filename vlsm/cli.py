@@ -1,0 +1,154 @@
+"""One command-line vocabulary for every script, and one clear-error handler.
+
+Parent parsers (composed by the scripts as MAE/DETR compose theirs):
+- :func:`data_options`: ``--data --split --prompt --data-root --prompts-root --manifest --on-bad-sample``
+- :func:`runtime_options`: ``--device --workers --batch-size``
+- :func:`train_options`: everything ``train.py`` takes (the study runner builds its runs from it too)
+
+Names mean the same everywhere: ``--output-dir`` is the runs root (``runs/``) in every script; ``--out`` names
+an exact new folder (refused if it exists); ``--checkpoint`` is a run folder, a file or ``last``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+
+
+def _parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(add_help=False)
+
+
+def data_options(split: bool = True, manifest: bool = True, data_default: str | None = None,
+                 prompt_help: str | None = None) -> argparse.ArgumentParser:
+    from datasets.registry import dataset_names
+    p = _parser()
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=data_default, help=f"dataset name, or several joined by commas to pool "
+                   f"({', '.join(dataset_names())}); default: {data_default or 'the training data'}")
+    if split:
+        g.add_argument("--split", default="test", choices=["train", "val", "test"],
+                       help="split to score (default test)")
+    g.add_argument("--prompt", default=None, help=prompt_help or "prompt key p0..p9 (any key of the manifests)")
+    g.add_argument("--data-root", default="data", help="folder holding <name>/images and <name>/masks")
+    g.add_argument("--prompts-root", default="prompts_json", help="folder holding <name>/{train,val,test}.json")
+    if manifest:
+        g.add_argument("--manifest", default=None, help="read this manifest file instead (e.g. a perturbed one; "
+                       "a single dataset)")
+    g.add_argument("--on-bad-sample", choices=["error", "skip"], default="error",
+                   help="unreadable/invalid samples: stop with a clear message (default) or skip and list them")
+    return p
+
+
+def runtime_options(batch_size: int | None = 16, batch_help: str = "images per forward pass"
+                    ) -> argparse.ArgumentParser:
+    p = _parser()
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", default="auto", help="cuda, cpu or auto")
+    g.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="DataLoader worker processes")
+    g.add_argument("--batch-size", type=int, default=batch_size, help=batch_help)
+    return p
+
+
+def output_options(out_help: str) -> argparse.ArgumentParser:
+    p = _parser()
+    g = p.add_argument_group("output")
+    g.add_argument("--output-dir", default="runs", help="runs root: run folders, last_run.txt, zeroshot results")
+    g.add_argument("--out", default=None, help=out_help)
+    return p
+
+
+def checkpoint_option(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--checkpoint", required=required, help="run folder (uses best.pth), a .pth/.safetensors file, "
+                   "or 'last' for the run named in <output-dir>/last_run.txt")
+
+
+def train_options() -> argparse.ArgumentParser:
+    """Every option of train.py (defaults None = from --preset or the model's record)."""
+    from models import list_models
+    p = argparse.ArgumentParser(add_help=False, parents=[
+        data_options(split=False, manifest=False, data_default="synthetic",
+                     prompt_help="prompt key p0..p9, any key in the manifests, or 'random' (a random non-empty key "
+                                 "per sample per step); default p1 (class name), p3 (colour + shape) on synthetic"),
+        runtime_options(None, "batch size (preset: 128 CLIPSeg, 32 CRIS, 16 arxiv/CNN; 32 for the demo)"),
+        output_options("exact run folder to create (must not exist); default "
+                       "<output-dir>/<data>/<model>/<prompt>/<timestamp>")])
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--augment", action="store_true", help="light brightness/contrast augmentation (keeps prompts true)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="clipseg", choices=list_models(), help="model name (default clipseg)")
+    g.add_argument("--size", default="auto", choices=["auto", "base", "tiny"],
+                   help="architecture size: base = the paper's, tiny = small random config; "
+                        "auto = tiny on synthetic data, base otherwise")
+    g.add_argument("--weights", default="auto", help="'none' (random init), a hub id, local folder or file; "
+                   "auto = none for tiny, the model's pretrained weights for base (python -m models.doctor lists them)")
+    g.add_argument("--cris-checkpoint", default=None, help="CRIS only: a checkpoint saved by the original CRIS code")
+    g.add_argument("--input-size", type=int, default=None, help="override the model's input size")
+    g.add_argument("--freeze-image-encoder", action="store_true",
+                   help="freeze the image encoder (no gradients, eval mode): the paper's frozen-encoder ablation")
+    g.add_argument("--freeze-text-encoder", action="store_true", help="freeze the text encoder")
+    g = p.add_argument_group("optimisation (defaults come from --preset)")
+    g.add_argument("--preset", default="midl", choices=["midl", "arxiv"],
+                   help="paper settings: midl (AdamW wd 1e-3, lr 2e-3 CLIPSeg / 2e-5 CRIS, Dice+0.2 BCE, "
+                        "batch 128/32) or arxiv (Adam lr 1e-3, batch 16); CNNs: Adam lr 1e-3, Dice loss")
+    g.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 100; 6 for the synthetic demo)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="learning rate (preset: 2e-3 CLIPSeg family, 2e-5 CRIS, 1e-3 CNN/arxiv; 1e-3 for the demo)")
+    g.add_argument("--encoder-lr", type=float, default=None, help="separate learning rate for the encoders")
+    g.add_argument("--weight-decay", type=float, default=None, help="weight decay (preset: 1e-3 midl, 0 arxiv/CNN)")
+    g.add_argument("--optimizer", choices=["adamw", "adam"], default=None, help="optimizer (preset)")
+    g.add_argument("--loss", choices=["dice+bce", "dice", "bce"], default=None,
+                   help="loss (preset: dice+bce for VLSMs, dice for CNNs)")
+    g.add_argument("--bce-weight", type=float, default=None, help="weight of BCE in dice+bce (preset 0.2)")
+    g.add_argument("--lr-patience", type=int, default=5, help="ReduceLROnPlateau (x0.1) patience on val loss")
+    g.add_argument("--early-stop", type=int, default=10,
+                   help="stop after this many epochs without better val Dice (0 = never)")
+    g.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0 = off)")
+    g.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="mixed precision (CUDA only)")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="probability threshold for metrics (default: the model's, 0.5; CRIS 0.35)")
+    g.add_argument("--max-bad-steps", type=int, default=20, help="stop after this many non-finite losses in a row")
+    g.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke tests)")
+    g.add_argument("--time-limit", type=float, default=None,
+                   help="stop (cleanly, after an epoch) after this many minutes")
+    g = p.add_argument_group("run")
+    g.add_argument("--resume", default=None, help="run folder (or its last.pth) to continue; only --epochs, "
+                   "--time-limit, --device and --workers may change")
+    g.add_argument("--seed", type=int, default=0, help="random seed (python, numpy, torch, shuffling)")
+    g.add_argument("--no-test", action="store_true", help="skip the test-split evaluation at the end")
+    return p
+
+
+# ----------------------------------------------------------------------------- errors
+
+_WORKER_RE = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.\s*Original Traceback", re.S)
+
+
+def clear_message(e: BaseException) -> str:
+    """The one line a user needs.  An exception re-raised by a DataLoader worker carries the worker's whole
+    traceback in its message; keep only the original error's own text."""
+    text = str(e)
+    if _WORKER_RE.match(text):
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        text = re.sub(r"^[\w.]+(Error|Exception): ", "", last.strip())
+    return text
+
+
+USER_ERRORS = (FileNotFoundError, FileExistsError, ImportError, ValueError)
+
+
+def run_cli(main, parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
+    """Run a script's ``main``; user-facing errors (bad files, manifests, missing weights; datasets'
+    BadSampleError and ManifestError are ValueErrors) print one clear line instead of a traceback, wherever
+    they happen, DataLoader workers included.  Set VLSM_DEBUG=1 to see the traceback."""
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except USER_ERRORS as e:
+        if os.environ.get("VLSM_DEBUG"):
+            raise
+        print(f"error: {clear_message(e)}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,94 @@
+"""Scoring a model on a dataset: build the loader, run ``engine.evaluate``, write ``per_image.csv`` and
+``summary.json`` (with the metric card).  One library function, called by train.py (test split), evaluate.py,
+zeroshot.py and the study runner.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import DataLoader
+
+import engine
+from datasets import build_dataset, collate, swap_dataset_prompts
+
+from .checkpoint import new_dir
+from .metrics import EMPTY_MASK_RULE, RESOLUTION, metric_card
+
+
+def results_name(data: str, split: str, prompt: str, manifest: str | None = None, swap_prompts: bool = False,
+                 tag: str = "") -> str:
+    """``<data>_<split>_<prompt>[_<manifest stem>][_swapped][_<tag>]``: the results folder's name."""
+    name = f"{data.replace(',', '+')}_{split}_{prompt}"
+    if manifest:
+        name += "_" + os.path.splitext(os.path.basename(manifest))[0]
+    if swap_prompts:
+        name += "_swapped"
+    if tag:
+        name += "_" + tag
+    return name
+
+
+def default_manifest(prompts_root: str, data: str, split: str) -> str | None:
+    """The manifest file read for a single dataset (None for pooled data)."""
+    return None if "," in data else os.path.abspath(os.path.join(prompts_root, data, f"{split}.json"))
+
+
+def score(model, data: str, split: str, prompt: str, threshold: float, device, *, eval_root: str | None = None,
+          out: str | None = None, data_root: str = "data", prompts_root: str = "prompts_json",
+          manifest: str | None = None, all_prompts: bool = False, swap_prompts: bool = False,
+          batch_size: int = 16, workers: int = 0, on_bad_sample: str = "error", save_masks: bool = False,
+          tag: str = "", extra: dict | None = None, quiet: bool = False) -> dict:
+    """Score ``model`` on ``data``/``split`` with ``prompt``.  Results go to ``out`` (an exact new folder) or
+    ``eval_root/<results_name>`` (suffixed when taken: never overwritten).  Returns the summary plus
+    ``results_dir``."""
+    ds = build_dataset(data, split, model=model, prompt=prompt, data_root=data_root, prompts_root=prompts_root,
+                       manifest=manifest, all_prompts=all_prompts, return_original=True,
+                       on_bad_sample=on_bad_sample)
+    if swap_prompts:
+        ds, dropped = swap_dataset_prompts(ds)
+        if dropped and not quiet:
+            print(f"--swap-prompts: {dropped} records have no other target in their image and are left out")
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
+    if out is None and eval_root is None:
+        raise ValueError("score() needs eval_root or out")
+    name = results_name(data, split, prompt, manifest, swap_prompts, tag)
+    out_dir = new_dir(out, os.path.join(eval_root or "", name))
+
+    save_fn = None
+    if save_masks:
+        mask_dir = os.path.join(out_dir, "masks")
+        os.makedirs(mask_dir)
+
+        def save_fn(item, pred):
+            stem = os.path.splitext(item["mask_name"])[0]
+            path = os.path.join(mask_dir, f"{stem}.png")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            Image.fromarray(pred.numpy().astype(np.uint8) * 255).save(path)
+
+    res = engine.evaluate(model, loader, device, threshold, per_image=True, save_fn=save_fn,
+                          amp=device.type == "cuda")
+    rows = res.pop("rows")
+    with open(os.path.join(out_dir, "per_image.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["dice"])
+        w.writeheader()
+        w.writerows(rows)
+    summary = {"dice_mean": res["dice"], "dice_std": res["dice_std"], "iou_mean": res["iou"],
+               "iou_std": res["iou_std"], "n": res["n"], "data": data, "split": split, "prompt": prompt,
+               "manifest": manifest or default_manifest(prompts_root, data, split),
+               "swap_prompts": swap_prompts, "all_prompts": all_prompts,
+               "threshold": threshold, **(extra or {}), "skipped": res["skipped"],
+               "metric_resolution": RESOLUTION, "empty_mask_rule": EMPTY_MASK_RULE,
+               "metric_card": metric_card(threshold)}
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    if not quiet:
+        print(f"{data} {split} prompt {prompt}{' (swapped)' if swap_prompts else ''}: "
+              f"Dice {res['dice']:.4f} ± {res['dice_std']:.4f}  IoU {res['iou']:.4f} ± {res['iou_std']:.4f}  "
+              f"(n={res['n']}, threshold {threshold}) -> {out_dir}")
+        if res["skipped"]:
+            print(f"skipped {len(res['skipped'])} bad samples (listed in summary.json)")
+    return {**summary, "results_dir": out_dir}
