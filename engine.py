@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vlsm.metrics import dice_iou, mask_at_size
-from vlsm.runtime import autocast, forward_batch
+from vlsm.metrics import dice_iou_from_counts, score_at_sizes
+from vlsm.runtime import autocast, forward_batch, loss_is_finite
 
 
 class NonFiniteLossError(ValueError):
@@ -40,7 +40,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch: int, scale
             logits = forward_batch(model, batch, device)
         losses = loss_fn(logits, batch["mask"].to(device, non_blocking=True))
         loss = losses["loss"]
-        if not torch.isfinite(loss):
+        if not loss_is_finite(loss):
             bad += 1
             bad_in_row += 1
             optimizer.zero_grad(set_to_none=True)
@@ -81,48 +81,68 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch: int, scale
     return stats
 
 
-@torch.no_grad()
+ROW_FIELDS = {"dataset": "dataset", "name": "img_name", "mask_name": "mask_name", "text": "prompt"}
+NOT_PASSED = set(ROW_FIELDS) | {"skipped", "image", "mask", "orig_mask", "orig_size", "index", "features"}
+
+
 def evaluate(model, loader, device, threshold: float = 0.5, amp: bool = False, loss_fn=None,
              per_image: bool = False, save_fn=None, desc: str = "eval") -> dict:
     """Dice/IoU per image, at the original image size when the loader returns ``orig_mask``.
 
-    Returns means/stds (and the per-image rows when ``per_image``).  ``save_fn(batch_item, pred_bool)``
-    is called for every prediction at original size (used by --save-masks).
+    Batched on the device: the images of a batch that share an original size are upsampled, thresholded and
+    counted together (vlsm.metrics.score_at_sizes); one host copy per batch.  Returns means/stds, ``sums``
+    (what vlsm.distributed adds up across processes) and the per-image rows when ``per_image`` (extra
+    per-sample string fields of the batch, e.g. ``prompt_key``, are passed through).
+    ``save_fn(batch_item, pred_bool)`` is called for every prediction at original size (used by --save-masks).
     """
     model.eval()
-    rows, losses, skipped = [], [], []
+    rows, skipped = [], []
+    loss_sum = 0.0
+    dice_parts, iou_parts = [], []
     pbar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, file=sys.stdout, disable=not sys.stdout.isatty())
-    for batch in pbar:
-        skipped += batch.get("skipped", [])
-        if "image" not in batch:
-            continue
-        with autocast(device, amp):
-            logits = forward_batch(model, batch, device)
-        logits = logits.float()
-        if loss_fn is not None:
-            losses.append(loss_fn(logits, batch["mask"].to(device))["loss"].item() * len(batch["text"]))
-        for i in range(logits.shape[0]):
-            if "orig_mask" in batch:
-                target = batch["orig_mask"][i]
-            else:
-                target = batch["mask"][i, 0] >= 0.5
-            pred = mask_at_size(logits[i], target.shape, threshold)
-            d, j = dice_iou(pred, target)
-            rows.append({"dataset": batch["dataset"][i], "img_name": batch["name"][i],
-                         "mask_name": batch["mask_name"][i], "prompt": batch["text"][i], "dice": d, "iou": j,
-                         "gt_pixels": int(target.sum()), "pred_pixels": int(pred.sum()),
-                         "inter_pixels": int((pred & target.bool()).sum()), "pixels": int(target.numel())})
+    with torch.inference_mode():
+        for batch in pbar:
+            skipped += batch.get("skipped", [])
+            if "image" not in batch:
+                continue
+            with autocast(device, amp):
+                logits = forward_batch(model, batch, device)
+            logits = logits.float()
+            n = logits.shape[0]
+            if loss_fn is not None:
+                loss_sum += loss_fn(logits, batch["mask"].to(device, non_blocking=True))["loss"].item() * n
+            targets = batch["orig_mask"] if "orig_mask" in batch else batch["mask"][:, 0] >= 0.5
+            res = score_at_sizes(logits, targets, threshold, keep_masks=save_fn is not None)
+            counts, masks = res if save_fn is not None else (res, None)
+            dice, iou = dice_iou_from_counts(counts)
+            dice_parts.append(dice)
+            iou_parts.append(iou)
+            if per_image:
+                sizes = [int(t.shape[-2]) * int(t.shape[-1]) for t in targets]
+                extra = [k for k, v in batch.items() if k not in NOT_PASSED and isinstance(v, list) and len(v) == n
+                         and all(isinstance(x, str) for x in v)]
+                c, d, j = counts.tolist(), dice.tolist(), iou.tolist()
+                for i in range(n):
+                    row = {col: batch[k][i] for k, col in ROW_FIELDS.items()}
+                    row.update(dice=d[i], iou=j[i], gt_pixels=c[i][2], pred_pixels=c[i][1], inter_pixels=c[i][0],
+                               pixels=sizes[i])
+                    row.update({k: batch[k][i] for k in extra})
+                    rows.append(row)
             if save_fn is not None:
-                save_fn({k: v[i] for k, v in batch.items() if k != "skipped"}, pred)
-    dice = np.array([r["dice"] for r in rows], dtype=np.float64)
-    iou = np.array([r["iou"] for r in rows], dtype=np.float64)
-    out = {"dice": float(dice.mean()) if len(rows) else float("nan"),
-           "dice_std": float(dice.std()) if len(rows) else float("nan"),
-           "iou": float(iou.mean()) if len(rows) else float("nan"),
-           "iou_std": float(iou.std()) if len(rows) else float("nan"),
-           "n": len(rows), "skipped": skipped}
-    if losses:
-        out["loss"] = sum(losses) / max(len(rows), 1)
+                for i in range(n):
+                    save_fn({k: v[i] for k, v in batch.items() if k not in ("skipped", "features")}, masks[i].cpu())
+    dice = torch.cat(dice_parts).cpu().numpy() if dice_parts else np.zeros(0)
+    iou = torch.cat(iou_parts).cpu().numpy() if iou_parts else np.zeros(0)
+    n = int(dice.size)
+    out = {"dice": float(dice.mean()) if n else float("nan"),
+           "dice_std": float(dice.std()) if n else float("nan"),
+           "iou": float(iou.mean()) if n else float("nan"),
+           "iou_std": float(iou.std()) if n else float("nan"),
+           "n": n, "skipped": skipped,
+           "sums": {"n": n, "dice": float(dice.sum()), "dice_sq": float((dice ** 2).sum()),
+                    "iou": float(iou.sum()), "iou_sq": float((iou ** 2).sum()), "loss": loss_sum}}
+    if loss_fn is not None and n:
+        out["loss"] = loss_sum / n
     if per_image:
         out["rows"] = rows
     return out

@@ -20,14 +20,15 @@ from models import model_from_checkpoint
 from vlsm import cli
 from vlsm.checkpoint import resolve_checkpoint
 from vlsm.runtime import pick_device
-from vlsm.scoring import score
+from vlsm.scoring import score, threshold_on_val
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("evaluate.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 parents=[cli.data_options(prompt_help="prompt key; default: the training prompt "
-                                                                      "('random' -> p1)"),
+                                                                      "('random': one fixed non-empty key per "
+                                                                      "record, recorded in per_image.csv)"),
                                          cli.runtime_options(16),
                                          cli.output_options("write results to this new folder instead of "
                                                             "<run>/eval/... (must not exist)")])
@@ -37,7 +38,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "(default: the first one)")
     g.add_argument("--swap-prompts", action="store_true", help="control: give each record the prompt of another "
                    "target in the same image; a model that reads its prompt should score much lower")
-    g.add_argument("--threshold", type=float, default=None, help="probability threshold (default: from training)")
+    g.add_argument("--threshold", type=cli.threshold_arg, default=None, help="probability threshold (default: from "
+                   "training), or 'auto': the best on the validation split, recorded in summary.json")
     g.add_argument("--save-masks", action="store_true", help="write predicted masks as PNG at original size")
     g.add_argument("--tag", default="", help="suffix for the results folder name")
     return p
@@ -49,15 +51,21 @@ def main(args) -> dict:
     model, ckpt = model_from_checkpoint(ckpt_path, device)
     targs = ckpt.get("args", {})
     data = args.data or targs.get("data")
-    prompt = args.prompt or targs.get("prompt", "p1")
-    if prompt == "random":
-        prompt = "p1"
+    prompt = args.prompt or targs.get("prompt", "p1")  # "random": one fixed non-empty key per record
+    target = args.target or targs.get("target")        # a --target model is scored on its own class
+    drop_duplicates = args.drop_duplicates or bool(targs.get("drop_duplicates"))
     threshold = args.threshold if args.threshold is not None else ckpt.get("threshold", model.default_threshold)
+    extra = {"checkpoint": ckpt_path}
+    if threshold == "auto":
+        threshold, extra["threshold_sweep"] = threshold_on_val(model, data, prompt, device, data_root=args.data_root,
+                                                               prompts_root=args.prompts_root, target=target,
+                                                               drop_duplicates=drop_duplicates)
+        print(f"--threshold auto: {threshold} (best validation Dice {extra['threshold_sweep'][str(threshold)]:.4f})")
     return score(model, data, args.split, prompt, threshold, device, eval_root=os.path.join(run_dir, "eval"),
                  out=args.out, data_root=args.data_root, prompts_root=args.prompts_root, manifest=args.manifest,
                  all_prompts=args.all_prompts, swap_prompts=args.swap_prompts, batch_size=args.batch_size,
                  workers=args.workers, on_bad_sample=args.on_bad_sample, save_masks=args.save_masks, tag=args.tag,
-                 extra={"checkpoint": ckpt_path})
+                 extra=extra, drop_duplicates=drop_duplicates, target=target)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--weights", default="auto", help="hub id, local folder or file; auto = the model's pretrained "
                    "weights; 'none' = random init (a sanity floor)")
     g.add_argument("--size", default="base", choices=["base", "tiny"], help="architecture size")
-    g.add_argument("--cris-checkpoint", default=None, help="CRIS only: checkpoint of the original CRIS code")
+    g.add_argument("--cris-checkpoint", default=None, help="CRIS only: checkpoint of the original CRIS code (the "
+                   "RefCOCO-trained weights the paper used); required for CRIS unless --allow-random-decoder")
+    g.add_argument("--allow-random-decoder", action="store_true",
+                   help="CRIS without --cris-checkpoint: score it anyway (only the CLIP backbone is pretrained; the "
+                        "neck, decoder and projector are random, so this is a floor, not the paper's zero-shot CRIS)")
     g.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the model's)")
     g.add_argument("--prompts", default="p1", help="comma-separated prompt keys to score one after another")
     g.add_argument("--all-prompts", action="store_true", help="for list-valued prompts, score every text")
@@ -43,6 +47,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> list[dict]:
+    if args.model == "cris" and not args.cris_checkpoint and not getattr(args, "allow_random_decoder", False):
+        raise ValueError("zero-shot CRIS needs the CRIS weights: without --cris-checkpoint only its CLIP RN50 "
+                         "backbone is pretrained and the neck, decoder and projector are random. Pass "
+                         "--cris-checkpoint /path/to/cris_best.pth (the RefCOCO-trained checkpoint of the original "
+                         "CRIS code, DerrickWang005/CRIS.pytorch, as the paper used; docs/cris.md), or "
+                         "--allow-random-decoder to score the random-decoder model as a floor")
     device = pick_device(args.device)
     weights = resolve_weights(args.model, args.weights, args.size)
     cfg = {"cris_checkpoint": args.cris_checkpoint} if args.cris_checkpoint else {}
@@ -55,8 +65,10 @@ def main(args) -> list[dict]:
     results = [score(model, args.data, args.split, prompt, threshold, device, eval_root=root,
                      data_root=args.data_root, prompts_root=args.prompts_root, manifest=args.manifest,
                      all_prompts=args.all_prompts, batch_size=args.batch_size, workers=args.workers,
-                     on_bad_sample=args.on_bad_sample,
-                     extra={"model": args.model, "weights": weights, "zeroshot": True}) for prompt in prompts]
+                     on_bad_sample=args.on_bad_sample, drop_duplicates=args.drop_duplicates, target=args.target,
+                     extra={"model": args.model, "weights": weights, "zeroshot": True,
+                            "random_decoder": args.model == "cris" and not args.cris_checkpoint})
+               for prompt in prompts]
     print("\n| prompt | Dice | IoU | n |\n|---|---|---|---|")
     for r in results:
         print(f"| {r['prompt']} | {100 * r['dice_mean']:.2f} ± {100 * r['dice_std']:.2f} | "

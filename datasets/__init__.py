@@ -18,17 +18,24 @@ from .io import BadSampleError, read_image, read_mask
 from .manifest import ManifestDataset, ManifestError, collate, load_manifest, swap_prompts
 from .registry import DATASETS, DatasetInfo, dataset_names, get_dataset, parse_names
 from .synthetic import ensure_synthetic
+from .targets import ImageTargetsDataset, check_text_free, is_multi_target
 from .transforms import SegTransform
 
 
 def build_dataset(data: str, split: str, model=None, prompt: str = "p1", train: bool = False,
                   data_root: str = "data", prompts_root: str = "prompts_json", manifest: str | None = None,
                   all_prompts: bool = False, return_original: bool = False, augment: bool = False,
-                  on_bad_sample: str = "error", input_size: int | None = None, mean=None, std=None):
+                  on_bad_sample: str = "error", input_size: int | None = None, mean=None, std=None,
+                  drop_duplicates: bool = False, target: str | None = None, per_image: bool = False):
     """Dataset for ``data`` (one name or comma-separated names) and ``split``.
 
     The transform uses ``model.input_size``/``image_mean``/``image_std`` unless given.
     ``manifest`` overrides the manifest file (e.g. a perturbed one) for a single dataset.
+    ``drop_duplicates``: leave out records repeating an earlier record's image and mask (kept by default, with a
+    warning).  ``target``: keep the records of one structure or pathology (``--target``; datasets.targets).
+    A model with ``class_names`` (``--multiclass``) gets each record's ``target_index``; ``per_image`` gives one
+    item per image with a mask channel per class instead (its training set).  A text-free model on a dataset
+    where one image has records with different masks needs ``target`` or ``class_names``.
     """
     names = parse_names(data, data_root)  # built-ins and the datasets registered under data_root
     if manifest and len(names) != 1:
@@ -45,10 +52,19 @@ def build_dataset(data: str, split: str, model=None, prompt: str = "p1", train: 
                 raise ValueError(f"dataset '{name}' is test-only (out-of-distribution); it has no '{split}' split")
             continue
         path = manifest or os.path.join(prompts_root, name, f"{split}.json")
-        parts.append(ManifestDataset(path, os.path.join(data_root, name, "images"),
-                                     os.path.join(data_root, name, "masks"), prompt=prompt, transform=tf,
-                                     train=train, all_prompts=all_prompts, return_original=return_original,
-                                     on_bad_sample=on_bad_sample, name=name))
+        class_names = getattr(model, "class_names", None)
+        part = ManifestDataset(path, os.path.join(data_root, name, "images"), os.path.join(data_root, name, "masks"),
+                               prompt=prompt, transform=tf, train=train, all_prompts=all_prompts,
+                               return_original=return_original, on_bad_sample=on_bad_sample, name=name,
+                               drop_duplicates=drop_duplicates, target=target, class_names=class_names)
+        if model is not None and not getattr(model, "uses_text", True):
+            check_text_free(getattr(model, "name", "this model"), name,
+                            info.multi_target or is_multi_target(part.records), target, bool(class_names))
+        if per_image:
+            if not class_names:
+                raise ValueError("per_image items need a --multiclass model (one output channel per class)")
+            part = ImageTargetsDataset(part, class_names)
+        parts.append(part)
     if not parts:
         raise ValueError(f"none of {names} has a '{split}' split")
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)

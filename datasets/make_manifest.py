@@ -95,12 +95,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------------------------- pairing
-def list_files(folder: str) -> dict[str, list[str]]:
+def list_files(folder: str, exclude: str | None = None) -> dict[str, list[str]]:
     """relative path without extension (posix) -> [relative paths] of the image files under ``folder``
-    (two files when a stem is met twice: ``a.jpg`` and ``a.png``)."""
+    (two files when a stem is met twice: ``a.jpg`` and ``a.png``); the folder ``exclude`` is skipped."""
     out: dict = {}
+    skip = os.path.realpath(exclude) if exclude else None
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) != skip)
         for f in sorted(files):
             stem, ext = os.path.splitext(f)
             if f.startswith(".") or ext.lower() not in IMAGE_EXTS:
@@ -125,7 +126,7 @@ def pair_files(images_dir: str, masks_dir: str, suffixes: tuple = MASK_SUFFIXES)
         if not d or not os.path.isdir(d):
             raise FileNotFoundError(f"{what} {d!r} is not a folder")
     same = os.path.realpath(images_dir) == os.path.realpath(masks_dir)
-    images, masks = list_files(images_dir), list_files(masks_dir)
+    images, masks = list_files(images_dir, exclude=masks_dir), list_files(masks_dir)  # masks/ may be in images/
     if same:  # one folder: masks are the files with a mask suffix
         masks = {k: v for k, v in images.items() if _strip_suffix(k, suffixes) is not None}
         images = {k: v for k, v in images.items() if k not in masks}
@@ -156,9 +157,9 @@ def pair_files(images_dir: str, masks_dir: str, suffixes: tuple = MASK_SUFFIXES)
         img = images[key][0]
         found = mask_for.get(key, [])
         if not found:
+            shown = ", ".join(repr(x) for x in suffixes[:4])
             rejected.append((os.path.join(images_dir, img), f"image without mask: no mask named '{key}.*' or "
-                             f"'{key}<suffix>.*' (suffixes {', '.join(repr(x) for x in suffixes[:4])}, ...; --mask-suffix "
-                             f"adds one) in {masks_dir}"))
+                             f"'{key}<suffix>.*' (suffixes {shown}, ...; --mask-suffix adds one) in {masks_dir}"))
         elif len(found) > 1:
             rejected.append((os.path.join(images_dir, img), f"several masks for this image ({', '.join(found)}): "
                              f"keep one (one record per image and mask)"))
@@ -354,6 +355,7 @@ def make_manifest(images: str, masks: str, name: str, class_name: str | None = N
     report = {"dataset": name, "images": os.path.abspath(images), "masks": os.path.abspath(masks),
               "prompts_csv": os.path.abspath(prompts_csv) if prompts_csv else None,
               "class_name": class_name, "seed": seed, "split": shares, "mode": "link" if link else "copy",
+              "allow_empty": allow_empty,
               "pairs_found": len(pairs), "records": len(records), "empty_masks": n_empty,
               "rejected": [{"file": f, "reason": r} for f, r in sorted(rejected)],
               "csv_rows_without_image": unmatched_rows}
@@ -445,6 +447,12 @@ def check_dataset(name: str, data_root: str = "data", prompts_root: str = "promp
     prompts_dir = os.path.join(prompts_root, name)
     if not os.path.isdir(prompts_dir):
         raise FileNotFoundError(f"--check: manifest folder {prompts_dir} does not exist")
+    made = os.path.join(data_root, name, REPORT)
+    if name in DATASETS:  # datasets.prepare keeps empty masks (BUSI normal images)
+        allow_empty = True
+    elif os.path.isfile(made):  # as the dataset was made
+        with open(made, encoding="utf-8") as f:
+            allow_empty = allow_empty or bool(json.load(f).get("allow_empty"))
     problems, counts, split_of = [], {}, {}
     try:
         info = get_dataset(name, data_root)

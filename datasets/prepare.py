@@ -3,17 +3,21 @@
 Usage::
 
     python -m datasets.prepare NAME --src DOWNLOADED_FOLDER [--data-root data] [--prompts-root prompts_json]
-                               [--seed 0] [--overwrite] [--skip-unpaired]
+                               [--seed 0] [--overwrite] [--skip-unpaired] [--labels CSV ...]
 
 NAME is one of kvasir, clinicdb, bkai, etis, colondb, cvc300, isic, dfu, camus, busi, chexlocalize.
 The layouts each converter accepts are described in ``datasets/converters/*.py`` and ``docs/datasets.md``.
 
 Output
 ------
+* File names are the ones the paper's released manifests use (medvlsm ``data/<name>/anns/*.json``), so
+  ``python -m datasets.import_manifests`` can use the paper's splits and prompts on the prepared files.
 * ``<data_root>/NAME/images/<stem>.<ext>``: JPEG and PNG images are copied byte for byte; TIFF,
   MHD/raw, NIfTI are written as 8-bit PNG.
-* ``<data_root>/NAME/masks/<mask stem>.png``: binary masks, 0 / 255, one channel, the image's size.
-  Multi-target datasets (CAMUS structures, CheXlocalize pathologies) write one mask per target.
+* ``<data_root>/NAME/masks/<mask stem>.png``: binary masks, 0 / 255, one channel, the image's size
+  (Kvasir-SEG's and BKAI's JPEG masks are copied byte for byte under their own names, as the paper names
+  them). Multi-target datasets (CAMUS structures, CheXlocalize pathologies) write one mask per target.
+  CAMUS puts each split's files in the paper's sub-folders (``images/train``, ``images/test``).
 * ``<prompts_root>/NAME/{train,val,test}.json``: one record per mask::
 
       {"img_name", "mask_name", "prompts": {"p0": "", "p1": CLASS_NAME}, "bbox": [x1, y1, x2, y2] | null,
@@ -27,9 +31,11 @@ Output
 
 Splits
 ------
-Official splits where they exist (ISIC test, CAMUS subgroup lists, CheXlocalize val/test); test-only
+Official splits where they exist (ISIC test, CAMUS subgroup lists or its 2019 testing/ folder); test-only
 datasets (etis, colondb, cvc300) write only ``test.json``. Everything else is a seeded split of
-*groups* (an image; a patient for CAMUS and CheXlocalize) with the paper's counts (``PAPER_COUNTS``).
+*groups* (an image; a patient for CAMUS and CheXlocalize) with the paper's counts (``PAPER_COUNTS``;
+for CheXlocalize, whose official val and test sets are pooled as in the paper, the paper's *record* counts
+``RECORD_COUNTS``: patients are taken in the shuffled order until each split holds its share of records).
 Scaling rule when the number of groups ``n`` differs from the paper's total ``T``: every split but
 train gets ``round(n * paper_count / T)`` groups, train gets the rest. The groups are sorted, shuffled
 with ``random.Random(seed)`` and cut in the order train, val, test, so a rerun with the same seed
@@ -65,6 +71,7 @@ from PIL import Image
 
 from datasets.attributes import bounding_box
 from datasets.converters.common import COPY_EXTS, Conversion, PrepareError, Sample, read_array, to_uint8
+from datasets.io import BadSampleError, read_mask
 from datasets.manifest import write_json_atomic
 from datasets.registry import DATASETS
 from datasets.validate import PairError, check_image, check_mask
@@ -76,7 +83,10 @@ PAPER_COUNTS = {"kvasir": (800, 100, 100), "clinicdb": (490, 61, 61), "bkai": (8
                 "dfu": (1600, 200, 200), "busi": (624, 78, 78),
                 "camus": (400, 50, 50)}  # patients: x 12 records = 4800/600/600
 #: (train, val) counts for datasets whose official training part is divided into train and val.
-TRAINVAL_COUNTS = {"isic": (810, 90), "chexlocalize": (1279, 446)}
+TRAINVAL_COUNTS = {"isic": (810, 90)}
+#: (train, val, test) *record* counts for datasets split by groups of several records (CheXlocalize: the
+#: official val + test pooled and split by patient, as the paper's released manifests: 1279/446/452).
+RECORD_COUNTS = {"chexlocalize": (1279, 446, 452)}
 #: Expected sizes of the test-only sets (a different number is reported, not refused).
 TEST_ONLY = {"etis": 196, "colondb": 380, "cvc300": 60}
 #: Datasets whose images must not equal another prepared dataset's (the paper's released CVC-300
@@ -107,6 +117,28 @@ def seeded_groups_split(groups: list, counts: tuple, names: tuple, seed: int) ->
     return out
 
 
+def seeded_weighted_split(groups: dict, counts: tuple, names: tuple, seed: int) -> dict:
+    """group -> split name for ``groups`` {group: number of records}: the sorted groups shuffled with
+    ``random.Random(seed)`` and taken in order until each split (but the last) holds its share of the records,
+    ``round(total * count / sum(counts))``; a group goes where it leaves the running total nearer the target."""
+    order = sorted(groups)
+    random.Random(seed).shuffle(order)
+    total = sum(groups.values())
+    bounds, acc = [], 0
+    for c in counts[:-1]:
+        acc += c
+        bounds.append(round(total * acc / sum(counts)))
+    out, running, k = {}, 0, 0
+    for g in order:
+        while k < len(bounds) and running >= bounds[k]:
+            k += 1
+        if k < len(bounds) and abs(running + groups[g] - bounds[k]) > abs(running - bounds[k]) and running > 0:
+            k += 1   # this group would overshoot the split's share more than stopping short does
+        out[g] = names[k]
+        running += groups[g]
+    return out
+
+
 def assign_splits(name: str, samples: list, seed: int) -> dict:
     """Split name -> samples (see the module docstring)."""
     out = {s: [] for s in SPLITS}
@@ -117,6 +149,15 @@ def assign_splits(name: str, samples: list, seed: int) -> dict:
             out[s.split].append(s)
         elif s.split not in (None, "trainval"):
             raise PrepareError(f"{name}: converter gave unknown split {s.split!r} for {s.source}")
+    if free and name in RECORD_COUNTS:
+        weights: dict = {}
+        for s in free:
+            g = s.group or s.stem
+            weights[g] = weights.get(g, 0) + len(s.targets)
+        assign = seeded_weighted_split(weights, RECORD_COUNTS[name], SPLITS, seed)
+        for s in free:
+            out[assign[s.group or s.stem]].append(s)
+        free = []
     for pool, table, names in ((free, PAPER_COUNTS, SPLITS), (trainval, TRAINVAL_COUNTS, ("train", "val"))):
         if not pool:
             continue
@@ -151,18 +192,35 @@ def write_image(sample: Sample, out_dir: str, pixels: np.ndarray | None = None) 
                     w, h = img.size
             except (OSError, ValueError) as e:
                 raise PrepareError(f"cannot read image {sample.image}: {e}") from None
+            os.makedirs(os.path.dirname(os.path.join(out_dir, name)), exist_ok=True)
             shutil.copyfile(sample.image, os.path.join(out_dir, name))
             return name, (h, w)
         arr = to_uint8(read_array(sample.image), sample.image)
     else:
         arr = to_uint8(sample.image(), sample.source)
     name = sample.stem + ".png"
+    os.makedirs(os.path.dirname(os.path.join(out_dir, name)), exist_ok=True)
     Image.fromarray(arr).save(os.path.join(out_dir, name))
     return name, arr.shape[:2]
 
 
 def write_mask(mask: np.ndarray, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(mask.astype(np.uint8) * 255).save(path, compress_level=1)
+
+
+def copy_mask(t, mask: np.ndarray, path: str, notes: list | None) -> None:
+    """Copy the release's mask file (``t.copy_from``) as it is; the loader's rule must read the converter's
+    mask from it (a difference is reported in ``notes``)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    shutil.copyfile(t.copy_from, path)
+    try:
+        seen = read_mask(path)
+    except BadSampleError as e:
+        raise PrepareError(f"{t.copy_from}: copied as the mask but the loader cannot read it: {e}") from None
+    differ = int((seen != mask).sum())
+    if differ and notes is not None:
+        notes.append(f"{t.copy_from}: the loader's mask rule differs from the converter's on {differ} pixels")
 
 
 def checked_sample(s: Sample) -> tuple[np.ndarray | None, list]:
@@ -183,7 +241,8 @@ def checked_sample(s: Sample) -> tuple[np.ndarray | None, list]:
     return pixels, masks
 
 
-def convert_samples(samples: list, img_dir: str, mask_dir: str, rejected: list | None = None) -> tuple[dict, int]:
+def convert_samples(samples: list, img_dir: str, mask_dir: str, rejected: list | None = None,
+                    notes: list | None = None) -> tuple[dict, int]:
     """Write images and masks; returns ({id(sample): [records]}, number of empty masks).  Samples that do not
     decode are left out and listed in ``rejected``; a mask of another size than its image is an error."""
     records, n_empty, mask_names = {}, 0, set()
@@ -198,11 +257,14 @@ def convert_samples(samples: list, img_dir: str, mask_dir: str, rejected: list |
         img_name, (h, w) = write_image(s, img_dir, pixels)
         recs = []
         for t, mask in zip(s.targets, masks):
-            mask_name = t.mask_stem + ".png"
+            mask_name = t.mask_name
             if mask_name in mask_names:
                 raise PrepareError(f"two targets write the same mask name {mask_name} (from {t.source})")
             mask_names.add(mask_name)
-            write_mask(mask, os.path.join(mask_dir, mask_name))
+            if t.copy_from:
+                copy_mask(t, mask, os.path.join(mask_dir, mask_name), notes)
+            else:
+                write_mask(mask, os.path.join(mask_dir, mask_name))
             bbox = bounding_box(mask)
             n_empty += bbox is None
             meta = dict(t.meta)
@@ -277,12 +339,15 @@ def check_manifests(new: dict, prompts_dir: str, overwrite: bool) -> list:
 
 # ------------------------------------------------------------------------------------------------ main
 def prepare(name: str, src: str, data_root: str = "data", prompts_root: str = "prompts_json", seed: int = 0,
-            overwrite: bool = False, skip_unpaired: bool = False, log=print) -> dict:
-    """Convert ``src`` into the prepared dataset ``name``; returns a summary dict (counts per split, ...)."""
+            overwrite: bool = False, skip_unpaired: bool = False, log=print, labels: list | None = None) -> dict:
+    """Convert ``src`` into the prepared dataset ``name``; returns a summary dict (counts per split, ...).
+    ``labels``: CheXpert label CSVs (CheXlocalize only: the "present" pathologies, as the paper)."""
     t0 = time.time()
     if not os.path.isdir(src):
         raise PrepareError(f"--src {src} is not a folder (pass the folder the {name} download was extracted to)")
-    conv: Conversion = load_converter(name)(src)
+    if labels and name != "chexlocalize":
+        raise PrepareError("--labels (CheXpert label files) is for chexlocalize only")
+    conv: Conversion = load_converter(name)(src, labels=labels) if labels else load_converter(name)(src)
     if conv.unpaired:
         shown = "\n  ".join(conv.unpaired[:20]) + (f"\n  ... {len(conv.unpaired) - 20} more"
                                                    if len(conv.unpaired) > 20 else "")
@@ -292,6 +357,13 @@ def prepare(name: str, src: str, data_root: str = "data", prompts_root: str = "p
         log(f"[{name}] skipping {len(conv.unpaired)} unpaired files (--skip-unpaired):\n  {shown}")
     if not conv.samples:
         raise PrepareError(f"{name}: no image/mask pairs found in {src}")
+    by_split = assign_splits(name, conv.samples, seed)
+    if conv.split_folders:  # each split's files in its own sub-folder (CAMUS: the paper's images/train, .../test)
+        for split, samples in by_split.items():
+            for s in samples:
+                s.stem = f"{conv.split_folders[split]}/{s.stem}"
+                for t in s.targets:
+                    t.mask_stem = f"{conv.split_folders[split]}/{t.mask_stem}"
     stems = {}
     for s in conv.samples:
         if s.stem in stems:
@@ -300,7 +372,6 @@ def prepare(name: str, src: str, data_root: str = "data", prompts_root: str = "p
     hashes = check_distinct(name, conv.samples, data_root) if name in MUST_DIFFER else None
     if name in TEST_ONLY and len(conv.samples) != TEST_ONLY[name]:
         conv.notes.append(f"{len(conv.samples)} images; the paper's {name} test set has {TEST_ONLY[name]}")
-    by_split = assign_splits(name, conv.samples, seed)
     splits = ("test",) if name in TEST_ONLY else SPLITS
 
     out_dir = os.path.join(data_root, name)
@@ -312,7 +383,7 @@ def prepare(name: str, src: str, data_root: str = "data", prompts_root: str = "p
         ordered = sorted(conv.samples, key=lambda s: s.stem)
         rejected: list = []
         recs_of, n_empty = convert_samples(ordered, os.path.join(stage, "images"), os.path.join(stage, "masks"),
-                                           rejected)
+                                           rejected, conv.notes)
         if not recs_of:
             raise PrepareError(f"{name}: no usable pair left in {src}; rejected:\n  " + "\n  ".join(rejected))
         by_split = {sp: [s for s in v if id(s) in recs_of] for sp, v in by_split.items()}
@@ -329,8 +400,11 @@ def prepare(name: str, src: str, data_root: str = "data", prompts_root: str = "p
             if overwrite and os.path.isdir(final):
                 shutil.rmtree(final)
             os.makedirs(final, exist_ok=True)
-            for f in os.listdir(os.path.join(stage, sub)):
-                os.replace(os.path.join(stage, sub, f), os.path.join(final, f))
+            for folder, _, files in os.walk(os.path.join(stage, sub)):  # files, so sub-folders may exist already
+                rel = os.path.relpath(folder, os.path.join(stage, sub))
+                os.makedirs(os.path.join(final, rel), exist_ok=True)
+                for f in files:
+                    os.replace(os.path.join(folder, f), os.path.join(final, rel, f))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     os.makedirs(prompts_dir, exist_ok=True)
@@ -350,10 +424,10 @@ def prepare(name: str, src: str, data_root: str = "data", prompts_root: str = "p
     log(f"[{name}] {src} -> {out_dir}/{{images,masks}}, {prompts_dir}/{{{','.join(manifests)}}}.json")
     log(f"[{name}] images per split: " + ", ".join(f"{sp} {summary['images'][sp]}" for sp in splits) +
         " | records: " + ", ".join(f"{sp} {summary['records'][sp]}" for sp in splits))
-    if name in PAPER_COUNTS or name in TRAINVAL_COUNTS:
-        paper = PAPER_COUNTS.get(name) or TRAINVAL_COUNTS[name]
+    if name in PAPER_COUNTS or name in TRAINVAL_COUNTS or name in RECORD_COUNTS:
+        paper = PAPER_COUNTS.get(name) or TRAINVAL_COUNTS.get(name) or RECORD_COUNTS[name]
         log(f"[{name}] paper counts: {'/'.join(map(str, paper))}"
-            f"{' patients' if name == 'camus' else ' records (train/val)' if name == 'chexlocalize' else ''}")
+            f"{' patients' if name == 'camus' else ' records' if name == 'chexlocalize' else ''}")
     log(f"[{name}] empty masks kept with bbox null: {n_empty}; unpaired skipped: {len(conv.unpaired)}; "
         f"{summary['seconds']} s")
     if empty_splits:
@@ -380,9 +454,13 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace existing manifests that differ")
     p.add_argument("--skip-unpaired", action="store_true",
                    help="leave out images without masks / masks without images (listed) instead of failing")
+    p.add_argument("--labels", action="append", default=None, metavar="CSV",
+                   help="chexlocalize: a CheXpert label file (repeat for val and test); the 'present' pathologies "
+                        "come from its positive labels, as the paper (default: from the masks)")
     args = p.parse_args(argv)
     try:
-        prepare(args.name, args.src, args.data_root, args.prompts_root, args.seed, args.overwrite, args.skip_unpaired)
+        prepare(args.name, args.src, args.data_root, args.prompts_root, args.seed, args.overwrite, args.skip_unpaired,
+                labels=args.labels)
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

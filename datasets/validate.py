@@ -21,7 +21,15 @@ from PIL import Image
 from .io import BadSampleError, mask_to_binary, read_image, read_mask
 
 REASONS = ("image", "mask", "size", "empty")
-_LOADER_HINT = ", or pass --on-bad-sample skip to leave it out"
+_LOADER_HINTS = (", or pass --on-bad-sample skip to leave it out", ", or pass --on-bad-sample skip")
+
+
+def _without_loader_hint(e: Exception) -> str:
+    """The loader's hint (--on-bad-sample skip) does not apply here: the pair is left out anyway."""
+    message = str(e)
+    for hint in _LOADER_HINTS:
+        message = message.replace(hint, "")
+    return message
 
 
 class PairError(BadSampleError):
@@ -52,8 +60,8 @@ def check_image(image, name: str | None = None) -> tuple[Image.Image | np.ndarra
         return image, tuple(image.shape[:2])
     try:
         return read_image(str(image))
-    except BadSampleError as e:  # the loader's hint (--on-bad-sample) does not apply here: the pair is left out
-        raise PairError(str(e).replace(_LOADER_HINT, ""), "image") from None
+    except BadSampleError as e:
+        raise PairError(_without_loader_hint(e), "image") from None
 
 
 def check_mask(mask, size: tuple | None = None, allow_empty: bool = True, name: str | None = None,
@@ -64,7 +72,7 @@ def check_mask(mask, size: tuple | None = None, allow_empty: bool = True, name: 
     try:
         arr = mask_to_binary(np.asarray(mask), name) if isinstance(mask, np.ndarray) else read_mask(str(mask))
     except BadSampleError as e:
-        raise PairError(str(e), "mask") from None
+        raise PairError(_without_loader_hint(e), "mask") from None
     if size is not None and arr.shape != tuple(size):
         (h, w), (mh, mw) = size, arr.shape
         raise PairError(f"mask {name} is {mw}x{mh} (WxH) but its image {image_name or '<image>'} is {w}x{h}; "

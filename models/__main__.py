@@ -9,10 +9,11 @@ yet, missing dependency, needs a vocabulary) gets an "n/a" row with the reason.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import torch
+
+from vlsm.cli import run_cli
 
 from .registry import MODEL_SPECS, create_model
 
@@ -65,11 +66,14 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
-def main(argv: list[str] | None = None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
-    ap.add_argument("--size", default="base", choices=["base", "tiny"])
+    ap.add_argument("--size", default="base", choices=["base", "tiny"], help="architecture size (default base)")
     ap.add_argument("--models", default=",".join(MODEL_SPECS), help="comma-separated model names")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(args) -> int:
     rows = [count_row(n.strip(), args.size) for n in args.models.split(",") if n.strip()]
     print(f"Parameters (M = 1e6) of the {args.size} models, built without weights; "
           f"trainable counts per freeze setting (n/a = nothing to freeze).")
@@ -78,4 +82,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main, get_args_parser())

@@ -119,11 +119,13 @@ class CLIPSeg(SegModel):
             raise ValueError("CLIPSeg needs a text prompt (input_ids); use prompt p0 for an empty prompt")
         if input_ids.shape[0] != pixel_values.shape[0]:
             raise ValueError(f"got {pixel_values.shape[0]} images but {input_ids.shape[0]} prompts")
-        activations = self.vision_activations(pixel_values)
-        cond = self.text_embedding(input_ids, attention_mask)
+        return self.decode(self.vision_activations(pixel_values), self.text_embedding(input_ids, attention_mask))
+
+    def decode(self, activations: list[torch.Tensor], cond: torch.Tensor) -> torch.Tensor:
+        """The decoder alone: tapped activations + text embedding -> logits (B, 1, h, w).  With both encoders
+        frozen their outputs can be computed once and cached (vlsm/feature_cache.py)."""
         logits = self.hf.decoder(activations, cond).logits
-        b = pixel_values.shape[0]
-        return logits.reshape(b, 1, logits.shape[-2], logits.shape[-1])
+        return logits.reshape(cond.shape[0], 1, logits.shape[-2], logits.shape[-1])
 
 
 def build_clipseg(weights: str | None = None, size: str = "base", input_size: int | None = None,

@@ -4,6 +4,12 @@
 ``size="tiny"``: a ResNet-18 encoder cut after 3 stages with narrow decoders, input 128, for
 CPU tests and demos.  Images are normalised with ImageNet statistics.
 
+``class_names=(...)`` (``train.py --multiclass``): one output channel per target class of a multi-target
+dataset (CAMUS structures, CheXlocalize pathologies), as the paper's code trained its CNNs with
+``classes=N``.  Without ``target_index`` the model returns every channel ``(B, N, S, S)`` (training: all of
+an image's masks at once); given each record's ``target_index`` (a batch field, ``batch_fields``) it returns
+that record's channel ``(B, 1, S, S)``, so the loops score it per record like any binary model.
+
 weights
   None            random initialisation (no download).
   "imagenet"      smp's ImageNet ResNet weights (``smp-hub/<encoder>.imagenet``) from the local
@@ -46,17 +52,25 @@ class SMPSegModel(SegModel):
     image_mean = IMAGENET_MEAN
     image_std = IMAGENET_STD
 
-    def __init__(self, net: nn.Module, input_size: int):
+    def __init__(self, net: nn.Module, input_size: int, class_names: tuple | None = None):
         super().__init__()
         self.net = net
         self.input_size = int(input_size)
+        self.class_names = tuple(class_names) if class_names else None
+        # vlsm.runtime.forward_batch passes these batch fields to forward (the record's class channel)
+        self.batch_fields = ("target_index",) if self.class_names else ()
 
     def image_encoder_modules(self) -> list[nn.Module]:
         return [self.net.encoder]
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(pixel_values)  # [B, 1, S, S] logits
+                attention_mask: torch.Tensor | None = None, target_index: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        logits = self.net(pixel_values)  # [B, classes, S, S]
+        if target_index is None:
+            return logits
+        idx = torch.as_tensor(target_index, device=logits.device).long().view(-1, 1, 1, 1)
+        return logits.gather(1, idx.expand(-1, 1, *logits.shape[-2:]))  # each record's own class channel
 
 
 def _prune_unused_stages(encoder: nn.Module, depth: int) -> None:
@@ -108,14 +122,16 @@ def find_imagenet_weights(encoder_name: str) -> str:
         f"(or put it in {hub_dir}/); or use --weights none for random initialisation."))
 
 
-def _build(arch: str, weights: str | None, size: str, input_size: int | None, **cfg) -> SMPSegModel:
+def _build(arch: str, weights: str | None, size: str, input_size: int | None, class_names=None,
+           **cfg) -> SMPSegModel:
     import segmentation_models_pytorch as smp
 
     if size not in SIZES:
         raise ValueError(f"size must be one of {list(SIZES)}, got {size!r}")
     sc = SIZES[size]
+    classes = len(class_names) if class_names else 1
     kwargs = dict(encoder_name=sc["encoder_name"], encoder_depth=sc["encoder_depth"], encoder_weights=None,
-                  in_channels=3, classes=1, activation=None, **sc["decoder"].get(arch, {}))
+                  in_channels=3, classes=classes, activation=None, **sc["decoder"].get(arch, {}))
     kwargs.update(cfg)  # e.g. encoder_name="resnet34", decoder_channels=...
     net = getattr(smp, ARCHS[arch])(**kwargs)
     _prune_unused_stages(net.encoder, kwargs["encoder_depth"])
@@ -128,7 +144,7 @@ def _build(arch: str, weights: str | None, size: str, input_size: int | None, **
             raise FileNotFoundError(f"{arch} weights '{weights}': give 'imagenet', a ResNet state-dict file, "
                                     f"or none")
         load_encoder_file(net.encoder, path)
-    return SMPSegModel(net, input_size or sc["input_size"])
+    return SMPSegModel(net, input_size or sc["input_size"], class_names)
 
 
 def build_unet(weights: str | None = None, size: str = "base", input_size: int | None = None, **cfg) -> SMPSegModel:

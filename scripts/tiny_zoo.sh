@@ -7,6 +7,7 @@ DATA=${1:-synthetic}; EPOCHS=${2:-3}; shift $(( $# > 2 ? 2 : $# )) || true
 PY=${PY:-python}
 for MODEL in ${MODELS:-clipseg cris biomedclipseg biomedclipseg_d unet unetplusplus deeplabv3plus}; do
   echo "=== $MODEL"
+  MC=""; [[ $DATA == synthetic && $MODEL =~ ^(unet|unetplusplus|deeplabv3plus)$ ]] && MC=--multiclass  # several shapes per image
   $PY train.py --model "$MODEL" --size tiny --weights none --data "$DATA" --prompt p3 --epochs "$EPOCHS" \
-      --lr 1e-3 --batch-size 32 "$@" | grep -E "^(model|epoch|stopped|.*test prompt)" || echo "FAILED: $MODEL"
+      --lr 1e-3 --batch-size 32 $MC "$@" | grep -E "^(model|epoch|stopped|.*test prompt)" || echo "FAILED: $MODEL"
 done

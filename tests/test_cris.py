@@ -316,6 +316,7 @@ def test_clip_weights_from_torchscript_archive(tmp_path):
 
 def test_train_py_cris_checkpoint_exports_to_the_original_format(small_synthetic, tmp_path):
     import train
+    from models.cris.__main__ import get_args_parser
     from models.cris.__main__ import main as export_main
     from models.registry import model_from_checkpoint
     data_root, prompts_root = small_synthetic
@@ -323,7 +324,7 @@ def test_train_py_cris_checkpoint_exports_to_the_original_format(small_synthetic
         ["--model", "cris", "--data-root", data_root, "--prompts-root", prompts_root, "--output-dir", str(tmp_path),
          "--workers", "0", "--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "4", "--input-size", "64",
          "--no-test"]))["run_dir"]
-    out = export_main([run, str(tmp_path / "orig.pth")])
+    out = export_main(get_args_parser().parse_args([run, str(tmp_path / "orig.pth")]))
     sd = torch.load(out, weights_only=True)["state_dict"]
     assert all(k.startswith("module.") for k in sd)
     model, _ = model_from_checkpoint(run)

@@ -85,3 +85,65 @@ def test_dice_resize_invariance(h, w, scale):
     b = torch.from_numpy(rng.random((h, w)) > 0.5)
     up = lambda m: m.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
     assert dice_iou(up(a), up(b))[0] == pytest.approx(dice_iou(a, b)[0], abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- batched metrics (engine.evaluate)
+
+from vlsm.metrics import batch_dice_iou, mask_at_size, score_at_sizes  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 9), st.integers(1, 9), st.data())
+def test_batched_dice_iou_equals_the_per_image_rule(b, h, w, data):
+    p = torch.from_numpy(data.draw(arrays(np.bool_, (b, h, w))))
+    t = torch.from_numpy(data.draw(arrays(np.bool_, (b, h, w))))
+    p[0], t[0] = False, False  # always one both-empty pair
+    d, j = batch_dice_iou(p, t)
+    assert [(x, y) for x, y in zip(d.tolist(), j.tolist())] == [dice_iou(p[i], t[i]) for i in range(b)]
+
+
+def test_score_at_sizes_groups_original_sizes_and_matches_one_image_at_a_time():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 1, 8, 8) * 4
+    targets = [torch.rand(12, 10) > 0.5, torch.rand(9, 14) > 0.5, torch.rand(12, 10) > 0.5,
+               torch.zeros(9, 14, dtype=torch.bool), torch.rand(12, 10) > 0.5]
+    logits[3] = -50  # empty prediction on an empty target: 1
+    counts, masks = score_at_sizes(logits, targets, 0.5, keep_masks=True)
+    d, j = batch_dice_iou(torch.zeros(1, 1, 1, dtype=torch.bool), torch.zeros(1, 1, 1, dtype=torch.bool))
+    assert (d.item(), j.item()) == (1.0, 1.0)
+    for i, t in enumerate(targets):
+        pred = mask_at_size(logits[i], t.shape, 0.5)
+        assert torch.equal(masks[i], pred)
+        assert counts[i].tolist() == [int((pred & t).sum()), int(pred.sum()), int(t.sum())]
+    same = torch.stack([targets[0], targets[2], targets[4]])  # one size: a tensor of targets, one group
+    assert torch.equal(score_at_sizes(logits[[0, 2, 4]], same, 0.5), counts[[0, 2, 4]])
+
+
+def test_evaluate_rows_keep_their_keys_and_pass_extra_fields_through():
+    import engine
+
+    class Const(torch.nn.Module):
+        uses_text = False
+        image_mean, image_std = (0.5,) * 3, (0.25,) * 3
+
+        def forward(self, x):
+            return x[:, :1, ::2, ::2] * 10  # logits from the first channel, half resolution
+
+    g = torch.Generator().manual_seed(1)
+    orig = [torch.rand(10, 12, generator=g) > 0.5, torch.rand(7, 9, generator=g) > 0.5]
+    batch = {"image": torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8, generator=g),
+             "mask": (torch.rand(2, 1, 8, 8, generator=g) > 0.5).float(), "orig_mask": orig,
+             "text": ["a", "b"], "prompt_key": ["p1", "p2"], "dataset": ["d", "d"], "name": ["x.png", "y.png"],
+             "mask_name": ["x_m.png", "y_m.png"], "index": [0, 1], "skipped": []}
+    res = engine.evaluate(Const(), [batch], torch.device("cpu"), per_image=True)
+    keys = ["dataset", "img_name", "mask_name", "prompt", "dice", "iou", "gt_pixels", "pred_pixels", "inter_pixels",
+            "pixels", "prompt_key"]
+    assert [list(r) for r in res["rows"]] == [keys, keys]
+    from vlsm.runtime import prepare_images
+    x = prepare_images(batch["image"], Const(), torch.device("cpu"))  # uint8 is normalised on the device
+    assert torch.allclose(x, (batch["image"].float() / 255 - 0.5) / 0.25, atol=1e-6)
+    for i, r in enumerate(res["rows"]):
+        pred = mask_at_size(x[i:i + 1, :1, ::2, ::2][0] * 10, orig[i].shape, 0.5)
+        assert (r["dice"], r["iou"]) == dice_iou(pred, orig[i])
+        assert r["pixels"] == orig[i].numel() and r["prompt_key"] == batch["prompt_key"][i]
+    assert res["n"] == 2 and res["dice"] == pytest.approx(np.mean([r["dice"] for r in res["rows"]]))

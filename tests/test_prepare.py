@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from datasets.converters.common import PrepareError
+from datasets.io import read_mask as load_mask
 from datasets.prepare import PAPER_COUNTS, main, prepare, scaled_counts
 
 W, H = 40, 30
@@ -92,9 +93,10 @@ def test_kvasir_jpeg_layout(tmp_path):
     assert sorted(r["img_name"] for r in recs) == sorted(f"img{i}.jpg" for i in range(10))
     for r in recs:
         i = int(r["img_name"][3:-4])
-        assert r["mask_name"] == f"img{i}.png" and r["prompts"] == {"p0": "", "p1": "polyp"}
+        assert r["mask_name"] == f"img{i}.jpg" and r["prompts"] == {"p0": "", "p1": "polyp"}  # the paper's name
         assert r["cat"] == 1 and r["segment_id"] == 0 and r["sentences"] == [] and r["class_name"] == "polyp"
-        m = read_mask(out / "masks" / r["mask_name"])
+        m = load_mask(str(out / "masks" / r["mask_name"]))   # the JPEG mask, copied, read by the loader's rule
+        assert (out / "masks" / r["mask_name"]).read_bytes() == (src / "masks" / r["mask_name"]).read_bytes()
         assert r["bbox"] == list(box_for(i))
         assert m.sum() == np.asarray(box_mask(*box_for(i)) > 0).sum()  # JPEG noise removed by >= 128
         # JPEG images are copied byte for byte
@@ -161,7 +163,8 @@ def test_bkai_red_and_green_merged(tmp_path):
     assert any("test" in n and "no ground truth" in n for n in summary["notes"])
     for r in all_records(pj):
         i = int(r["img_name"][1:-5])
-        m = read_mask(out / "masks" / r["mask_name"])
+        assert r["mask_name"] == r["img_name"]            # the paper's name: the RGB mask copied as it is
+        m = load_mask(str(out / "masks" / r["mask_name"]))
         expect = np.zeros((H, W), bool)
         expect[2:10, 2:12] = True
         if i % 2:
@@ -251,7 +254,7 @@ def test_isic_official_split_and_val_from_train(tmp_path):
     assert summary["images"] == {"train": 9, "val": 1, "test": 3}
     assert sorted(r["img_name"] for r in manifest(pj, "test")) == [f"ISIC_{100 + i:07d}.jpg" for i in range(3)]
     r = manifest(pj, "val")[0]
-    assert r["mask_name"] == r["img_name"].replace(".jpg", ".png") and r["class_name"] == "skin melanoma"
+    assert r["mask_name"] == r["img_name"].replace(".jpg", "_Segmentation.png") and r["class_name"] == "skin melanoma"
     assert r["prompts"]["p1"] == "skin melanoma"
 
 
@@ -282,15 +285,16 @@ def test_busi_masks_merged_normal_empty(tmp_path):
     summary, out, pj = run("busi", tmp_path, tmp_path)
     assert sum(summary["images"].values()) == 4 and summary["empty_masks"] == 1
     recs = {r["img_name"]: r for r in all_records(pj)}
-    assert set(recs) == {"benign_1.png", "benign_2.png", "malignant_1.png", "normal_1.png"}
-    m = read_mask(out / "masks" / "benign_1.png")
-    assert m.sum() == 9 * 9 + 11 * 11 and recs["benign_1.png"]["bbox"] == [2, 2, 30, 25]
-    assert recs["benign_1.png"]["n_mask_files"] == 2
-    assert recs["benign_2.png"]["bbox"] == [5, 5, 15, 12]
-    assert recs["malignant_1.png"]["tumor_type"] == "malignant"
-    assert recs["normal_1.png"]["tumor_type"] == "normal" and recs["normal_1.png"]["bbox"] is None
-    assert read_mask(out / "masks" / "normal_1.png").sum() == 0
-    assert recs["benign_1.png"]["source_name"] == "benign (1).png"
+    assert set(recs) == {"1_benign.png", "2_benign.png", "1_malignant.png", "1_normal.png"}  # the paper's names
+    assert all(r["mask_name"] == r["img_name"] for r in recs.values())
+    m = read_mask(out / "masks" / "1_benign.png")
+    assert m.sum() == 9 * 9 + 11 * 11 and recs["1_benign.png"]["bbox"] == [2, 2, 30, 25]
+    assert recs["1_benign.png"]["n_mask_files"] == 2
+    assert recs["2_benign.png"]["bbox"] == [5, 5, 15, 12]
+    assert recs["1_malignant.png"]["tumor_type"] == "malignant"
+    assert recs["1_normal.png"]["tumor_type"] == "normal" and recs["1_normal.png"]["bbox"] is None
+    assert read_mask(out / "masks" / "1_normal.png").sum() == 0
+    assert recs["1_benign.png"]["source_name"] == "benign (1).png"
     assert all(r["class_name"] == "tumor" for r in recs.values())
 
 
@@ -325,19 +329,28 @@ def test_camus_mhd_and_nifti_records_per_structure(tmp_path):
     recs = all_records(pj)
     patients = {sp: {r["patient"] for r in manifest(pj, sp)} for sp in ("train", "val", "test")}
     assert not (patients["train"] & patients["val"]) and not (patients["train"] & patients["test"])
-    by_mask = {r["mask_name"]: r for r in recs}
-    r = by_mask["patient0002_4CH_ES_myo.png"]
-    assert r["img_name"] == "patient0002_4CH_ES.png" and r["class_name"] == "myocardium" and r["segment_id"] == 1
+    # the paper's names: images/<train|test>/<stem>.png, masks/<train|test>/mask_<label>/<stem>_gt.png
+    folder = {sp: ("test" if sp == "test" else "train") for sp in ("train", "val", "test")}
+    for sp in ("train", "val", "test"):
+        assert all(r["img_name"].startswith(folder[sp] + "/") and r["mask_name"].startswith(folder[sp] + "/mask_")
+                   for r in manifest(pj, sp))
+    by_mask = {r["mask_name"].split("/", 1)[1]: r for r in recs}
+    r = by_mask["mask_2/patient0002_4CH_ES_gt.png"]
+    assert r["img_name"].split("/", 1)[1] == "patient0002_4CH_ES.png" and r["class_name"] == "myocardium"
+    assert r["segment_id"] == 1 and r["release_part"] == "training"
     assert (r["view"], r["cycle"], r["sex"], r["age"], r["image_quality"]) == (
         "four-chamber", "end of the systole", "male", 41, "medium")
     assert (r["view_code"], r["cycle_code"], r["label"]) == ("4CH", "ES", 2)
-    lv = read_mask(out / "masks" / "patient0001_2CH_ED_lv.png")
-    myo = read_mask(out / "masks" / "patient0001_2CH_ED_myo.png")
-    la = read_mask(out / "masks" / "patient0001_2CH_ED_la.png")
+    p1 = by_mask["mask_1/patient0001_2CH_ED_gt.png"]
+    part = p1["mask_name"].split("/", 1)[0]
+    lv = read_mask(out / "masks" / p1["mask_name"])
+    myo = read_mask(out / "masks" / part / "mask_2" / "patient0001_2CH_ED_gt.png")
+    la = read_mask(out / "masks" / part / "mask_3" / "patient0001_2CH_ED_gt.png")
     assert (lv.sum(), myo.sum(), la.sum()) == (9 * 4, 15 * 10 - 9 * 4, 7 * 10)
-    assert not (lv & myo).any() and by_mask["patient0001_2CH_ED_la.png"]["bbox"] == [10, 20, 19, 26]
-    assert by_mask["patient0001_2CH_ED_lv.png"]["class_name"] == "left ventricular cavity"
-    img = np.asarray(Image.open(out / "images" / "patient0003_2CH_ED.png"))
+    assert not (lv & myo).any() and by_mask["mask_3/patient0001_2CH_ED_gt.png"]["bbox"] == [10, 20, 19, 26]
+    assert p1["class_name"] == "left ventricular cavity"
+    p3 = by_mask["mask_1/patient0003_2CH_ED_gt.png"]
+    img = np.asarray(Image.open(out / "images" / p3["img_name"]))
     assert img.dtype == np.uint8 and img.shape == (H, W)
 
 
@@ -387,9 +400,15 @@ def test_chexlocalize_rle_records_per_pathology(tmp_path):
         with open(root / f"gt_segmentations_{split}.json", "w") as f:
             json.dump(seg, f)
     summary, out, pj = run("chexlocalize", root, tmp_path)
-    # val: 6 patients -> 1279/446 proportion -> 4 train / 2 val patients; test: 2 images
-    assert summary["images"] == {"train": 4, "val": 2, "test": 2}
+    # the official val and test sets pooled and split by patient to the paper's record counts 1279/446/452:
+    # 12 records -> 7/3/2, within one patient's records
+    assert sum(summary["images"].values()) == 8
+    assert all(abs(summary["records"][sp] - want) <= 2 for sp, want in zip(("train", "val", "test"), (7, 3, 2)))
+    patients = {sp: {r["patient"] for r in manifest(pj, sp)} for sp in ("train", "val", "test")}
+    assert not (patients["train"] & patients["val"] or patients["train"] & patients["test"]
+                or patients["val"] & patients["test"])
     recs = all_records(pj)
+    assert {r["official_split"] for r in recs} == {"val", "test"} and {r["pathology_source"] for r in recs} == {"masks"}
     assert len(recs) == 6 + 3 + 2 + 1       # Cardiomegaly everywhere, Edema on odd images, no empty ones
     assert not any(r["class_name"] == "Pneumothorax" for r in recs)
     r = [r for r in recs if r["mask_name"] == "patient64001_study1_view1_frontal_edema.png"][0]
@@ -410,6 +429,7 @@ def test_real_data_when_present(name, folder, counts, tmp_path):
         pytest.skip(f"{src} not present")
     summary, out, pj = run(name, src, tmp_path)
     assert tuple(summary["images"][s] for s in ("train", "val", "test")) == counts
+    read_mask = (lambda p: load_mask(str(p))) if name == "kvasir" else globals()["read_mask"]  # JPEG masks copied
     assert summary["empty_masks"] == 0
     recs = all_records(pj)
     assert len({r["img_name"] for r in recs}) == sum(counts)

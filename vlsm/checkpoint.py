@@ -131,6 +131,12 @@ class Checkpointer:
         atomic_torch_save({**weights_only, "interrupted_in_epoch": epoch}, self.path("interrupted.pth"))
         return self.path("interrupted.pth")
 
+    def save_best_field(self, key: str, value) -> None:
+        """Set one entry of best.pth (e.g. the threshold chosen after training), atomically."""
+        ckpt = load_checkpoint(self.path("best.pth"))
+        ckpt[key] = value
+        atomic_torch_save(ckpt, self.path("best.pth"))
+
     def load_last(self) -> dict:
         return load_checkpoint(self.path("last.pth"))
 
@@ -151,7 +157,8 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 
 
 def checkpoint_file(path: str) -> str:
-    """A run folder's best.pth (else last.pth); a file path is returned as it is."""
+    """A run folder's best.pth (else last.pth, else the folder itself when it holds config.json +
+    model.safetensors); a file path is returned as it is."""
     if not os.path.isdir(path):
         if not os.path.exists(path):
             raise FileNotFoundError(f"checkpoint {path} not found")
@@ -159,7 +166,9 @@ def checkpoint_file(path: str) -> str:
     for name in ("best.pth", "last.pth"):
         if os.path.exists(os.path.join(path, name)):
             return os.path.join(path, name)
-    raise FileNotFoundError(f"run folder {path} has no best.pth or last.pth")
+    if all(os.path.exists(os.path.join(path, f)) for f in ("config.json", "model.safetensors")):
+        return path  # a run folder copied without its .pth files: models.model_from_checkpoint reads it
+    raise FileNotFoundError(f"run folder {path} has no best.pth, last.pth or config.json + model.safetensors")
 
 
 def resolve_checkpoint(path: str, output_dir: str = "runs") -> tuple[str, str]:

@@ -18,8 +18,26 @@ import sys
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
 
+def threshold_arg(value: str):
+    """argparse type: a probability in (0, 1) or 'auto'."""
+    if value == "auto":
+        return value
+    try:
+        t = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1) or 'auto', got {value!r}") from None
+    if not 0.0 < t < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {t}")
+    return t
+
+
 def _parser() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(add_help=False)
+
+
+def preset_names() -> tuple:
+    from models.registry import PRESET_NAMES
+    return PRESET_NAMES
 
 
 def data_options(split: bool = True, manifest: bool = True, data_default: str | None = None,
@@ -40,6 +58,12 @@ def data_options(split: bool = True, manifest: bool = True, data_default: str | 
                        "a single dataset)")
     g.add_argument("--on-bad-sample", choices=["error", "skip"], default="error",
                    help="unreadable/invalid samples: stop with a clear message (default) or skip and list them")
+    g.add_argument("--drop-duplicates", action="store_true",
+                   help="leave out records that repeat an earlier record's image and mask (default: kept, with a "
+                        "warning naming both; the paper's BKAI and ISIC train manifests hold one each)")
+    g.add_argument("--target", default=None, metavar="CLASS",
+                   help="keep only the records of one structure or pathology of a multi-target dataset (CAMUS: "
+                        "'myocardium' or 'myo', CheXlocalize: 'Edema', ...): one model per class, as the paper's CNNs")
     return p
 
 
@@ -78,6 +102,18 @@ def train_options() -> argparse.ArgumentParser:
                        "<output-dir>/<data>/<model>/<prompt>/<timestamp>")])
     g = p.add_argument_group("augmentation")
     g.add_argument("--augment", action="store_true", help="light brightness/contrast augmentation (keeps prompts true)")
+    g = p.add_argument_group("speed (docs/performance.md)")
+    g.add_argument("--no-cache", action="store_true",
+                   help="decode and resize every image and mask on every step instead of reading the data cache "
+                        "(the cache holds them decoded at the input size, built once per dataset and size)")
+    g.add_argument("--cache-dir", default=None,
+                   help="where the data cache lives (default <data-root>/.cache); rebuilt when a file, the "
+                        "manifest or the input size changes")
+    g.add_argument("--cache-features", action="store_true",
+                   help="with both encoders frozen and no --augment: compute the encoder outputs once (per image "
+                        "and per distinct prompt) and train the decoder from them (CLIPSeg, BiomedCLIPSeg, CRIS)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model on CUDA (ignored on the CPU, where it does not help)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="clipseg", choices=list_models(), help="model name (default clipseg)")
     g.add_argument("--size", default="auto", choices=["auto", "base", "tiny"],
@@ -86,15 +122,26 @@ def train_options() -> argparse.ArgumentParser:
     g.add_argument("--weights", default="auto", help="'none' (random init), a hub id, local folder or file; "
                    "auto = none for tiny, the model's pretrained weights for base (python -m models.doctor lists them)")
     g.add_argument("--cris-checkpoint", default=None, help="CRIS only: a checkpoint saved by the original CRIS code")
-    g.add_argument("--input-size", type=int, default=None, help="override the model's input size")
-    g.add_argument("--freeze-image-encoder", action="store_true",
-                   help="freeze the image encoder (no gradients, eval mode): the paper's frozen-encoder ablation")
-    g.add_argument("--freeze-text-encoder", action="store_true", help="freeze the text encoder")
-    g = p.add_argument_group("optimisation (defaults come from --preset)")
-    g.add_argument("--preset", default="midl", choices=["midl", "arxiv"],
-                   help="paper settings: midl (AdamW wd 1e-3, lr 2e-3 CLIPSeg / 2e-5 CRIS, Dice+0.2 BCE, "
-                        "batch 128/32) or arxiv (Adam lr 1e-3, batch 16); CNNs: Adam lr 1e-3, Dice loss")
-    g.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 100; 6 for the synthetic demo)")
+    g.add_argument("--input-size", type=int, default=None,
+                   help="override the model's input size (preset medvlsm-code: 256 for the CNNs)")
+    g.add_argument("--freeze-image-encoder", action=argparse.BooleanOptionalAction, default=None,
+                   help="freeze the image encoder (no gradients, eval mode): the paper's frozen-encoder ablation; "
+                        "preset medvlsm-code freezes both encoders of the CLIPSeg family (decoder-only training)")
+    g.add_argument("--freeze-text-encoder", action=argparse.BooleanOptionalAction, default=None,
+                   help="freeze the text encoder (preset)")
+    g.add_argument("--dropout", type=float, default=None, help="CRIS decoder dropout (preset: 0.2 arxiv / "
+                   "medvlsm-code; else the model's)")
+    g.add_argument("--multiclass", action="store_true",
+                   help="text-free models (UNet, UNet++, DeepLabV3+) on multi-target data: one output channel per "
+                        "class, trained on all of an image's masks at once, scored per record on its class")
+    g = p.add_argument_group("optimisation (defaults come from --preset; docs/presets.md)")
+    g.add_argument("--preset", default="midl", choices=list(preset_names()),
+                   help="where the settings come from: midl (the MIDL 2024 paper: AdamW wd 1e-3, lr 2e-3 CLIPSeg / "
+                        "2e-5 CRIS, Dice+0.2 BCE, batch 128/32, early stopping 50/10), medvlsm-code (the released "
+                        "code's configs: CLIPSeg family decoder only, gradient clipping 0.5, ...) or arxiv (the "
+                        "extended version: Adam, constant lr, batch 16); CNNs: Adam lr 1e-3, Dice loss")
+    g.add_argument("--epochs", type=int, default=None,
+                   help="maximum epochs (preset: 1000, the paper code's cap; 6 for the synthetic demo)")
     g.add_argument("--lr", type=float, default=None,
                    help="learning rate (preset: 2e-3 CLIPSeg family, 2e-5 CRIS, 1e-3 CNN/arxiv; 1e-3 for the demo)")
     g.add_argument("--encoder-lr", type=float, default=None, help="separate learning rate for the encoders")
@@ -103,13 +150,19 @@ def train_options() -> argparse.ArgumentParser:
     g.add_argument("--loss", choices=["dice+bce", "dice", "bce"], default=None,
                    help="loss (preset: dice+bce for VLSMs, dice for CNNs)")
     g.add_argument("--bce-weight", type=float, default=None, help="weight of BCE in dice+bce (preset 0.2)")
-    g.add_argument("--lr-patience", type=int, default=5, help="ReduceLROnPlateau (x0.1) patience on val loss")
-    g.add_argument("--early-stop", type=int, default=10,
-                   help="stop after this many epochs without better val Dice (0 = never)")
-    g.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0 = off)")
+    g.add_argument("--scheduler", choices=["plateau", "constant"], default=None,
+                   help="learning-rate schedule (preset): plateau = ReduceLROnPlateau x0.1 on val loss, constant")
+    g.add_argument("--lr-patience", type=int, default=None,
+                   help="ReduceLROnPlateau (x0.1) patience on val loss (preset 5)")
+    g.add_argument("--early-stop", type=int, default=None,
+                   help="stop after this many epochs without better val Dice, 0 = never (preset: 50 CLIPSeg "
+                        "family / 10 CRIS in midl and arxiv, 20 in medvlsm-code)")
+    g.add_argument("--clip-grad", type=float, default=None,
+                   help="max gradient norm, 0 = off (preset: 0.5 in medvlsm-code, else off)")
     g.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="mixed precision (CUDA only)")
-    g.add_argument("--threshold", type=float, default=None,
-                   help="probability threshold for metrics (default: the model's, 0.5; CRIS 0.35)")
+    g.add_argument("--threshold", type=threshold_arg, default=None,
+                   help="probability threshold for metrics (default: the model's, 0.5; CRIS 0.35), or 'auto': "
+                        "chosen on the validation split after training and stored with the run")
     g.add_argument("--max-bad-steps", type=int, default=20, help="stop after this many non-finite losses in a row")
     g.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke tests)")
     g.add_argument("--time-limit", type=float, default=None,

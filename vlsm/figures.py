@@ -115,11 +115,12 @@ def showcase(model, data: str, prompt: str, threshold: float, device, out_png: s
         pil, _ = read_image(os.path.join(data_root, name, "images", rec["img_name"]))
         gt = read_mask(os.path.join(data_root, name, "masks", rec["mask_name"])).astype(bool)
         pred_right, pred_other = _predict(model, pil, [right, other], device, threshold)
+        d_right, d_other = (dice_iou(torch.from_numpy(p), torch.from_numpy(gt))[0] for p in (pred_right, pred_other))
         panels = [(np.asarray(pil), rec["img_name"]),
                   (draw_outline(pil, gt, colour=(255, 255, 0)), "ground truth"),
-                  (draw_outline(pil, pred_right), f"right prompt: \"{right}\"\nDice {dice_iou(pred_right, gt)[0]:.2f}"),
+                  (draw_outline(pil, pred_right), f"right prompt: \"{right}\"\nDice {d_right:.2f}"),
                   (draw_outline(pil, pred_other, colour=(255, 0, 255)),
-                   f"other object's prompt: \"{other}\"\nDice vs this target {dice_iou(pred_other, gt)[0]:.2f}")]
+                   f"other object's prompt: \"{other}\"\nDice vs this target {d_other:.2f}")]
         for ax, (img, text) in zip(row, panels):
             ax.imshow(img)
             ax.set_title("\n".join(textwrap.fill(t, 40) for t in text.split("\n")), fontsize=8)

@@ -38,8 +38,71 @@ def mask_at_size(logits: torch.Tensor, size, threshold: float) -> torch.Tensor:
     return (torch.sigmoid(upsample_logits(logits, size)[0]) > threshold).cpu()
 
 
+def masks_at_size(logits: torch.Tensor, size, threshold: float) -> torch.Tensor:
+    """(B,1,h,w) logits -> bool (B, H, W) masks where the logits are (no host copy): ``mask_at_size`` batched."""
+    return torch.sigmoid(upsample_logits(logits, size)[:, 0]) > threshold
+
+
+def batch_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """int64 (B, 3): intersection, predicted and ground-truth pixels of each pair of (B, H, W) masks."""
+    pred, target = pred.bool(), target.bool()
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    dims = tuple(range(1, pred.dim()))
+    return torch.stack([(pred & target).sum(dims), pred.sum(dims), target.sum(dims)], dim=1)
+
+
+def dice_iou_from_counts(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 Dice and IoU (B,) from ``batch_counts`` (the empty-mask rule; equal to ``dice_iou`` per image)."""
+    c = counts.to(torch.float64)
+    inter, ps, ts = c[:, 0], c[:, 1], c[:, 2]
+    total = ps + ts
+    empty = total == 0
+    dice = torch.where(empty, torch.ones_like(total), 2.0 * inter / total.clamp_min(1))
+    iou = torch.where(empty, torch.ones_like(total), inter / (total - inter).clamp_min(1))
+    return dice, iou
+
+
+def batch_dice_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dice and IoU (B,) of B pairs of equal-size masks, computed where they are (one pass, no per-image sync)."""
+    return dice_iou_from_counts(batch_counts(pred, target))
+
+
+def score_at_sizes(logits: torch.Tensor, targets, threshold: float, keep_masks: bool = False):
+    """Per-image counts of ``logits`` (B,1,h,w) against ``targets`` (a (B,H,W) tensor or a list of (H_i, W_i)
+    masks, any sizes): images of equal size are upsampled, thresholded and counted together on the logits'
+    device.  Returns int64 (B, 3) counts (``batch_counts``) on that device, and the bool masks (a list, in
+    batch order) when ``keep_masks``."""
+    device = logits.device
+    b = logits.shape[0]
+    counts = torch.empty((b, 3), dtype=torch.int64, device=device)
+    masks: list = [None] * b
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in range(b):
+        groups.setdefault(tuple(int(s) for s in targets[i].shape[-2:]), []).append(i)
+    for size, idx in groups.items():
+        if torch.is_tensor(targets) and len(idx) == b:
+            tgt = targets.to(device, non_blocking=True)
+        else:
+            tgt = torch.stack([targets[i] for i in idx]).to(device, non_blocking=True)
+        sel = logits if len(idx) == b else logits[torch.tensor(idx, device=device)]
+        pred = masks_at_size(sel, size, threshold)
+        c = batch_counts(pred, tgt)
+        if len(idx) == b:
+            counts = c
+        else:
+            counts[torch.tensor(idx, device=device)] = c
+        if keep_masks:
+            for k, i in enumerate(idx):
+                masks[i] = pred[k]
+    return (counts, masks) if keep_masks else counts
+
+
 def metric_card(threshold: float, resolution: str = RESOLUTION) -> dict:
     """How a number was computed, stored next to it in every summary and table."""
-    return {"aggregation": "mean over images (per-image Dice/IoU, then averaged)", "threshold": threshold,
-            "resolution": resolution, "upsampling": "bilinear on logits, then sigmoid and threshold",
-            "empty_mask_rule": EMPTY_MASK_RULE}
+    return {"aggregation": "dice_mean/iou_mean: mean over images of per-image Dice/IoU (the paper's protocol); "
+                           "dice_pooled/iou_pooled: over all pixels of all images",
+            "threshold": threshold, "resolution": resolution,
+            "upsampling": "bilinear on logits, then sigmoid and threshold", "empty_mask_rule": EMPTY_MASK_RULE,
+            "absent_targets": "records with an empty ground truth are also reported apart (false-positive rate, "
+                              "mean predicted area)"}

@@ -29,7 +29,7 @@ PERTURBED_NAME = re.compile(r"^(?P<stem>.+?)__(?P<attribute>[a-z_]+?)__(?P<kind>
 COLUMNS = ("study", "cell", "setting", "step", "model", "size", "train_data", "train_prompt", "test_data", "split",
            "prompt", "preset", "seed", "freeze", "attribute", "kind", "condition", "n", "dice_mean", "dice_std",
            "iou_mean", "iou_std", "threshold", "resolution", "empty_mask_rule", "manifest", "results_dir")
-KEY = ("study", "setting", "step", "model", "size", "train_data", "train_prompt", "test_data", "split", "prompt",
+KEY = ("setting", "step", "model", "size", "train_data", "train_prompt", "test_data", "split", "prompt",
        "preset", "freeze", "attribute", "kind", "condition")
 MEAN_COLUMNS = KEY + ("n_seeds", "seeds", "n", "dice_mean", "dice_sd_seeds", "dice_sd_images", "iou_mean",
                       "iou_sd_seeds", "threshold", "rel_change_pct", "rel_change_sd_seeds")
@@ -128,7 +128,7 @@ def summary_row(path: str) -> dict | None:
             row["step"] = "test" if row["prompt"] == ev else "xprompt"
         elif row["setting"] == "finetuned":
             row["step"] = "ood"
-    row["_run"] = row["cell"] or run_dir or res_dir
+    row["_run"] = row["cell"] or run_dir or os.path.dirname(res_dir)  # zeroshot.py: one folder per invocation
     return row
 
 
@@ -290,7 +290,8 @@ def table2(agg: list[dict]) -> list[tuple[str, list[dict], list[str]]]:
                     body.append([f"Pooled {pooled.replace(',', ' + ')}", m] + [fmt(c) for c in cells])
                     used += [c for c in cells if c]
         if body:
-            title = f"Table 2 layout — Dice (%) by training scheme, prompt {prompt}, {_setting_label(preset, freeze, size)}"
+            title = (f"Table 2 layout — Dice (%) by training scheme, prompt {prompt}, "
+                     f"{_setting_label(preset, freeze, size)}")
             out.append((title, used, _table(["trained on", "model"] + cols, body)))
     return out
 
@@ -452,8 +453,9 @@ def plot_by_prompt(rs: list[dict], title: str, path: str) -> str:
             xs = [i for i, p in enumerate(prompts) if p in at]
             ys = [100 * at[prompts[i]]["dice_mean"] for i in xs]
             err = [100 * at[prompts[i]]["dice_sd_seeds"] if at[prompts[i]]["n_seeds"] > 1 else 0 for i in xs]
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=m)
+            ax.errorbar(xs, ys, yerr=err if any(err) else None, marker="o", capsize=3, label=m)
         ax.set_xticks(range(len(prompts)), [p.upper() for p in prompts])
+        ax.set_ylim(0, 100)
         ax.set_title(d)
         ax.set_ylabel("Dice (%)")
         ax.grid(alpha=0.3)
@@ -473,8 +475,8 @@ def plot_ood(rs: list[dict], title: str, path: str) -> str:
     models = _order([a["model"] for a in rs], _models_order())
     trains = _order([a["train_data"] for a in rs], _datasets_order())
     tests = _order([a["test_data"] for a in rs], _datasets_order())
-    fig, axes = plt.subplots(1, len(models), figsize=(1.2 * len(tests) * len(models) + 2, 0.7 * len(trains) + 2),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(1.3 * len(tests) * len(models) + 3, 0.7 * len(trains) + 2),
+                             squeeze=False, sharey=True)
     for ax, m in zip(axes[0], models):
         at = {(a["train_data"], a["test_data"]): a for a in rs if a["model"] == m}
         mat = np.full((len(trains), len(tests)), np.nan)
@@ -491,8 +493,8 @@ def plot_ood(rs: list[dict], title: str, path: str) -> str:
         ax.set_xticks(range(len(tests)), tests, rotation=45, ha="right")
         ax.set_yticks(range(len(trains)), [t.replace(",", "+") for t in trains])
         ax.set_xlabel("tested on")
-        ax.set_ylabel("trained on")
         ax.set_title(m)
+    axes[0][0].set_ylabel("trained on")
     fig.colorbar(im, ax=list(axes[0]), label="Dice (%)", shrink=0.8)
     fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -514,8 +516,8 @@ def plot_perturbation(rs: list[dict], path: str) -> str:
             vals = [at[(a, kind)]["rel_change_pct"] if (a, kind) in at else float("nan") for a in attrs]
             err = [at[(a, kind)]["rel_change_sd_seeds"] if (a, kind) in at and at[(a, kind)]["n_seeds"] > 1 else 0
                    for a in attrs]
-            ax.bar([i + (k - (len(kinds) - 1) / 2) * width for i in range(len(attrs))], vals, width, yerr=err,
-                   capsize=3, label=kind.replace("_", " "))
+            ax.bar([i + (k - (len(kinds) - 1) / 2) * width for i in range(len(attrs))], vals, width,
+                   yerr=err if any(err) else None, capsize=3, label=kind.replace("_", " "))
         ax.axhline(0, c="k", lw=0.8)
         ax.set_xticks(range(len(attrs)), attrs)
         ax.set_ylabel("relative Dice change (%)")

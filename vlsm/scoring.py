@@ -17,6 +17,7 @@ from datasets import build_dataset, collate, swap_dataset_prompts
 
 from .checkpoint import new_dir
 from .metrics import EMPTY_MASK_RULE, RESOLUTION, metric_card
+from .summary import summarize
 
 
 def results_name(data: str, split: str, prompt: str, manifest: str | None = None, swap_prompts: bool = False,
@@ -37,22 +38,45 @@ def default_manifest(prompts_root: str, data: str, split: str) -> str | None:
     return None if "," in data else os.path.abspath(os.path.join(prompts_root, data, f"{split}.json"))
 
 
+THRESHOLD_GRID = (0.1, 0.2, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def pick_threshold(model, loader, device, grid=THRESHOLD_GRID) -> tuple[float, dict]:
+    """The probability threshold with the best mean Dice on ``loader`` (the validation split), and the sweep
+    ``{str(threshold): Dice}``.  Ties go to the threshold nearest 0.5."""
+    sweep = {}
+    for t in grid:
+        sweep[str(t)] = engine.evaluate(model, loader, device, t, amp=device.type == "cuda", desc=f"thr {t}")["dice"]
+    best = max(grid, key=lambda t: (sweep[str(t)], -abs(t - 0.5)))
+    return best, sweep
+
+
+def threshold_on_val(model, data: str, prompt: str, device, **data_kw) -> tuple[float, dict]:
+    """``--threshold auto`` for a trained model: the best threshold on ``data``'s validation split."""
+    ds = build_dataset(data, "val", model=model, prompt=prompt, return_original=True, **data_kw)
+    return pick_threshold(model, DataLoader(ds, batch_size=16, shuffle=False, collate_fn=collate,
+                                            pin_memory=device.type == "cuda"), device)
+
+
 def score(model, data: str, split: str, prompt: str, threshold: float, device, *, eval_root: str | None = None,
           out: str | None = None, data_root: str = "data", prompts_root: str = "prompts_json",
           manifest: str | None = None, all_prompts: bool = False, swap_prompts: bool = False,
           batch_size: int = 16, workers: int = 0, on_bad_sample: str = "error", save_masks: bool = False,
-          tag: str = "", extra: dict | None = None, quiet: bool = False) -> dict:
+          tag: str = "", extra: dict | None = None, quiet: bool = False, drop_duplicates: bool = False,
+          target: str | None = None) -> dict:
     """Score ``model`` on ``data``/``split`` with ``prompt``.  Results go to ``out`` (an exact new folder) or
     ``eval_root/<results_name>`` (suffixed when taken: never overwritten).  Returns the summary plus
-    ``results_dir``."""
+    ``results_dir``.  ``drop_duplicates``/``target``: as ``datasets.build_dataset`` (--drop-duplicates,
+    --target)."""
     ds = build_dataset(data, split, model=model, prompt=prompt, data_root=data_root, prompts_root=prompts_root,
                        manifest=manifest, all_prompts=all_prompts, return_original=True,
-                       on_bad_sample=on_bad_sample)
+                       on_bad_sample=on_bad_sample, drop_duplicates=drop_duplicates, target=target)
     if swap_prompts:
         ds, dropped = swap_dataset_prompts(ds)
         if dropped and not quiet:
             print(f"--swap-prompts: {dropped} records have no other target in their image and are left out")
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
+                        pin_memory=device.type == "cuda")
     if out is None and eval_root is None:
         raise ValueError("score() needs eval_root or out")
     name = results_name(data, split, prompt, manifest, swap_prompts, tag)
@@ -76,19 +100,26 @@ def score(model, data: str, split: str, prompt: str, threshold: float, device, *
         w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["dice"])
         w.writeheader()
         w.writerows(rows)
-    summary = {"dice_mean": res["dice"], "dice_std": res["dice_std"], "iou_mean": res["iou"],
-               "iou_std": res["iou_std"], "n": res["n"], "data": data, "split": split, "prompt": prompt,
+    stats = summarize(rows)
+    summary = {**stats, "data": data, "split": split, "prompt": prompt,
                "manifest": manifest or default_manifest(prompts_root, data, split),
                "swap_prompts": swap_prompts, "all_prompts": all_prompts,
-               "threshold": threshold, **(extra or {}), "skipped": res["skipped"],
+               "threshold": threshold, **({"target": target} if target else {}), **(extra or {}),
+               "skipped": res["skipped"],
                "metric_resolution": RESOLUTION, "empty_mask_rule": EMPTY_MASK_RULE,
                "metric_card": metric_card(threshold)}
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     if not quiet:
         print(f"{data} {split} prompt {prompt}{' (swapped)' if swap_prompts else ''}: "
-              f"Dice {res['dice']:.4f} ± {res['dice_std']:.4f}  IoU {res['iou']:.4f} ± {res['iou_std']:.4f}  "
-              f"(n={res['n']}, threshold {threshold}) -> {out_dir}")
+              f"Dice {stats['dice_mean']:.4f} ± {stats['dice_std']:.4f}  IoU {stats['iou_mean']:.4f} ± "
+              f"{stats['iou_std']:.4f}  (n={stats['n']}, threshold {threshold}; pooled Dice "
+              f"{stats['dice_pooled']:.4f}) -> {out_dir}")
+        if stats["absent"]["n"]:
+            a = stats["absent"]
+            print(f"  {a['n']} records with an empty target: false-positive rate {a['false_positive_rate']:.3f}, "
+                  f"mean predicted area {a['mean_predicted_area']:.4f} of the image; Dice over the "
+                  f"{stats['present']['n']} present targets {stats['present']['dice_mean']:.4f}")
         if res["skipped"]:
             print(f"skipped {len(res['skipped'])} bad samples (listed in summary.json)")
     return {**summary, "results_dir": out_dir}

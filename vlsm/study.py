@@ -68,6 +68,7 @@ class Step:
     prompt: str = ""
     attribute: str = ""
     pkind: str = ""
+    options: dict = field(default_factory=dict)   # not part of the label (text reliance: what to perturb)
 
     @property
     def label(self) -> str:
@@ -131,7 +132,8 @@ def _finetune_steps(g: dict, data: str, prompt: str, uses_text: bool) -> list[St
             out += [Step("perturb", d, ev, a, k) for d in tests for a in g["perturb_attributes"]
                     for k in g["perturb_kinds"]]
         if "text_reliance" in steps:
-            out += [Step("text_reliance", d, ev) for d in tests]
+            opts = {"attributes": g["perturb_attributes"], "kinds": g["text_reliance_kinds"]}
+            out += [Step("text_reliance", d, ev, options=opts) for d in tests]
     return out
 
 
@@ -173,7 +175,8 @@ def expand(spec: dict) -> list[Cell]:
              "zeroshot_prompts": _list(raw.get("zeroshot_prompts"), "zeroshot_prompts"),
              "perturb_attributes": _list(raw.get("perturb_attributes", ["size", "colour", "shape", "location",
                                                                          "number"]), "perturb_attributes"),
-             "perturb_kinds": _list(raw.get("perturb_kinds", ["random_word", "opposite"]), "perturb_kinds")}
+             "perturb_kinds": _list(raw.get("perturb_kinds", ["random_word", "opposite"]), "perturb_kinds"),
+             "text_reliance_kinds": _list(raw.get("text_reliance_kinds", ["opposite"]), "text_reliance_kinds")}
         where = f"grid '{g['name']}'"
         if not g["models"] or not g["data"]:
             raise StudyError(f"{where}: needs models and data")
@@ -181,6 +184,7 @@ def expand(spec: dict) -> list[Cell]:
         _check_names(g["steps"], STEPS, f"{where} steps")
         _check_names(g["freeze"], list(FREEZE), f"{where} freeze settings")
         _check_names(g["perturb_kinds"], KINDS, f"{where} perturb_kinds")
+        _check_names(g["text_reliance_kinds"], KINDS, f"{where} text_reliance_kinds")
         _check_names(g["perturb_attributes"], ATTRIBUTES + ("view", "cycle", "sex", "age", "image_quality",
                                                             "tumor_type"), f"{where} perturb_attributes")
         for d in g["data"] + g["ood"]:
@@ -443,9 +447,17 @@ def _lock(path: str) -> bool:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            if _alive(_read_json(path)):
+            marker = _read_json(path)
+            try:
+                just_made = marker is None and time.time() - os.path.getmtime(path) < 30  # being written now
+            except FileNotFoundError:
+                continue
+            if just_made or _alive(marker):
                 return False
-            os.remove(path)  # stale: its process is gone
+            try:
+                os.remove(path)  # stale: its process is gone
+            except FileNotFoundError:
+                pass
             continue
         with os.fdopen(fd, "w") as f:
             json.dump(info, f)
@@ -549,6 +561,7 @@ def _eval_step(study: Study, cell: Cell, step: Step, model, threshold: float, de
             return _skip(out, "the model reads no text")
         rep = text_reliance(model, step.data, step.prompt, threshold, device, out, data_root=study.data_root,
                             prompts_root=study.prompts_root, seed=study.seed, batch_size=batch_size, workers=workers,
+                            attributes=step.options.get("attributes", ()), kinds=step.options.get("kinds", ()),
                             extra={k: v for k, v in kw["extra"].items() if k != "step"})
         return {"text_gain": rep["text_gain"], "survival": rep["survival"]}
     raise StudyError(f"unknown step {step.kind}")

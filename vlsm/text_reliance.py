@@ -7,7 +7,8 @@ Conditions (one ``score`` each, results under ``<out>/<data>__<condition>/``):
 - ``empty``: "" for every record;
 - ``other_target``: the prompt of another target in the same image (records whose image has one other
   target or more; ``datasets.manifest.swap_prompts``);
-- ``other_image``: the prompt of a record of the next image (cyclically, in manifest order);
+- ``other_image``: the prompt of a record of another image that names nothing in this image (the next such
+  record, cyclically in manifest order);
 - ``gibberish``: every letter of the right prompt replaced by a random letter (same length, same spaces);
 - ``<attribute>_<kind>``: one attribute changed (:func:`perturb_records`), for each attribute that changes
   the evaluated prompt of at least one record.
@@ -182,15 +183,21 @@ def gibberish(text: str, rng: random.Random) -> str:
 
 
 def other_image_records(records: list[dict], key: str) -> list[dict]:
-    """Each record gets the prompt of the first record of the next image (cyclically, manifest order)."""
-    first_of = {}
+    """Each record gets the prompt of a record of another image: the first one, going through the next images
+    cyclically in manifest order, whose text names nothing in this image (no target of this image has the same
+    text); the next image's first record when every text is shared."""
+    by_image: dict[str, list[str]] = {}
     for r in records:
-        first_of.setdefault(r["img_name"], r)
-    images = list(first_of)
+        by_image.setdefault(r["img_name"], []).append(evaluated_text(r, key))
+    images = list(by_image)
     if len(images) < 2:
         raise ValueError("other_image needs at least two images")
-    nxt = {img: first_of[images[(i + 1) % len(images)]] for i, img in enumerate(images)}
-    return [_with_text(r, key, evaluated_text(nxt[r["img_name"]], key)) for r in records]
+    pick = {}
+    for i, img in enumerate(images):
+        own = set(by_image[img])
+        later = (t for j in range(1, len(images)) for t in by_image[images[(i + j) % len(images)]])
+        pick[img] = next((t for t in later if t not in own), by_image[images[(i + 1) % len(images)]][0])
+    return [_with_text(r, key, pick[r["img_name"]]) for r in records]
 
 
 def condition_records(records: list[dict], key: str, condition: str, seed: int = 0) -> list[dict] | None:

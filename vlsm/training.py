@@ -19,24 +19,28 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 import engine
 from datasets import build_dataset, collate
-from models import create_model, get_preset, model_from_checkpoint, resolve_weights
+from datasets.cache import enable_cache, loader_workers
+from models import create_model, get_preset, get_spec, model_from_checkpoint, resolve_weights
+from models.registry import PRESET_KEYS
 
-from . import cli
+from . import cli, distributed
 from .checkpoint import Checkpointer, load_checkpoint, new_dir, rng_state, set_rng_state, write_last_run
+from .feature_cache import FeatureCache, check_usable
 from .losses import SegLoss
 from .metrics import upsample_logits
 from .optim import build_optimizer, build_scheduler
-from .runtime import forward_batch, pick_device, seed_everything
-from .scoring import score
+from .run_card import dataset_manifests, write_run_card
+from .runtime import amp_dtype, forward_batch, pick_device, seed_everything
+from .scoring import pick_threshold, score
 
 # The embedded default (tiny model on synthetic data) trains with these unless given on the command line.
 DEMO_DEFAULTS = dict(epochs=6, batch_size=32, lr=1e-3)
 # Options that may change on --resume; any other would make the continued run a different experiment.
-RESUMABLE = ("epochs", "time_limit", "device", "workers")
+RESUMABLE = ("epochs", "time_limit", "device", "workers", "no_cache", "cache_dir", "compile")
 
 
 def default_args(**overrides) -> argparse.Namespace:
@@ -51,7 +55,12 @@ def default_args(**overrides) -> argparse.Namespace:
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill 'auto' and preset-driven defaults so args.json records exactly what ran."""
+    """Fill 'auto' and preset-driven defaults so args.json records exactly what ran.
+
+    Every setting of the preset (``models.registry.PRESET_KEYS``) left at None is taken from the model's
+    ``--preset`` record (the synthetic demo keeps its own epochs, batch size and lr); explicit values win.
+    ``args.preset_settings`` holds the resolved values, ``args.preset_overridden`` the keys given explicitly
+    (or by the demo) that differ from the preset."""
     if args.size == "auto":
         args.size = "tiny" if args.data == "synthetic" else "base"
     args.weights = resolve_weights(args.model, args.weights, args.size) or "none"
@@ -59,14 +68,59 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         args.prompt = "p3" if args.data == "synthetic" else "p1"
     preset = get_preset(args.model, args.preset)
     demo = args.data == "synthetic" and args.size == "tiny"
-    for key in ("batch_size", "lr", "weight_decay", "optimizer", "loss", "bce_weight", "encoder_lr"):
-        if getattr(args, key) is None:
+    for key in PRESET_KEYS:
+        if getattr(args, key, None) is None:
             value = DEMO_DEFAULTS.get(key) if demo and key in DEMO_DEFAULTS else preset.get(key)
             setattr(args, key, value)
-    if args.epochs is None:
-        args.epochs = DEMO_DEFAULTS["epochs"] if demo else 100
-    args.dropout = preset.get("dropout")
+    args.preset_settings = {k: getattr(args, k) for k in PRESET_KEYS}
+    args.preset_overridden = [k for k in PRESET_KEYS if getattr(args, k) != preset.get(k)]
+    if getattr(args, "multiclass", False) and get_spec(args.model).uses_text:
+        raise ValueError(f"--multiclass is for the text-free models (unet, unetplusplus, deeplabv3plus); {args.model} "
+                         f"reads the prompt, which names the target of each record")
     return args
+
+
+def describe_start(args, counts: dict) -> str:
+    """What a run starts with: the preset, its resolved values (explicit ones marked *), the parameter counts;
+    and, for base CRIS without --cris-checkpoint, that only its CLIP backbone is pretrained."""
+    marked = ", ".join(f"{k}={args.preset_settings[k]}{'*' if k in args.preset_overridden else ''}"
+                       for k in PRESET_KEYS)
+    lines = [f"preset {args.preset} (docs/presets.md; * = given explicitly): {marked}",
+             f"trainable parameters: {counts['trainable']:,} of {counts['total']:,}"]
+    if args.model == "cris" and args.size == "base" and not args.cris_checkpoint:
+        lines.append(CRIS_BACKBONE_ONLY)
+    return "\n".join(lines)
+
+
+#: Printed by a base CRIS run without --cris-checkpoint (the paper started from RefCOCO-trained CRIS, footnote 1).
+CRIS_BACKBONE_ONLY = (
+    "note: CRIS starts from the CLIP RN50 backbone only; its neck, decoder and projector are random. The paper "
+    "fine-tuned the RefCOCO-trained CRIS weights (its footnote 1): supply them with --cris-checkpoint "
+    "/path/to/cris_best.pth (a checkpoint of the original CRIS code, DerrickWang005/CRIS.pytorch; docs/cris.md)")
+
+
+def multiclass_classes(args) -> tuple:
+    """The output classes of a --multiclass model: the targets of the training records (datasets.targets)."""
+    from datasets.manifest import load_manifest
+    from datasets.registry import parse_names
+    from datasets.targets import filter_target, targets_of
+    records = []
+    for name in parse_names(args.data, args.data_root):
+        recs = load_manifest(os.path.join(args.prompts_root, name, "train.json"), args.drop_duplicates)
+        records += filter_target(recs, args.target) if args.target else recs
+    classes = targets_of(records)
+    if not classes:
+        raise ValueError(f"--multiclass: the training records of '{args.data}' name no class (no class_name, and "
+                         f"mask names that are not the paper's CAMUS/CheXlocalize ones); nothing to predict per class")
+    return tuple(classes)
+
+
+class PerTargetLoss(SegLoss):
+    """The loss of every class channel as its own binary mask (a --multiclass model's training output
+    (B, C, h, w) against (B, C, H, W) masks): Dice per (image, class), averaged, plus BCE."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> dict:
+        return super().forward(logits.flatten(0, 1)[:, None], target.flatten(0, 1)[:, None])
 
 
 def build_model(args):
@@ -77,6 +131,8 @@ def build_model(args):
         cfg["cris_checkpoint"] = args.cris_checkpoint
     if args.model == "cris" and args.dropout is not None:
         cfg["dropout"] = args.dropout
+    if getattr(args, "multiclass", False):
+        cfg["class_names"] = list(multiclass_classes(args))
     return create_model(args.model, weights=args.weights, size=args.size,
                         freeze_image_encoder=args.freeze_image_encoder,
                         freeze_text_encoder=args.freeze_text_encoder, **cfg)
@@ -84,15 +140,32 @@ def build_model(args):
 
 def make_loaders(args, model, device):
     kw = dict(model=model, prompt=args.prompt, data_root=args.data_root, prompts_root=args.prompts_root,
-              on_bad_sample=args.on_bad_sample)
-    train_ds = build_dataset(args.data, "train", train=True, augment=args.augment, **kw)
-    val_ds = build_dataset(args.data, "val", return_original=True, **kw)
-    common = dict(num_workers=args.workers, collate_fn=collate, pin_memory=device.type == "cuda",
-                  persistent_workers=args.workers > 0)
+              on_bad_sample=args.on_bad_sample, drop_duplicates=getattr(args, "drop_duplicates", False),
+              target=getattr(args, "target", None))
+    with distributed.rank_zero_first():  # under torchrun rank 0 builds the data cache (and synthetic data) first
+        train_ds = build_dataset(args.data, "train", train=True, augment=args.augment,
+                                 per_image=getattr(args, "multiclass", False), **kw)
+        val_ds = build_dataset(args.data, "val", return_original=True, **kw)
+        if not getattr(args, "no_cache", False):  # images and masks decoded and resized once (datasets/cache.py)
+            cache_dir = getattr(args, "cache_dir", None) or os.path.join(args.data_root, ".cache")
+            enable_cache(train_ds, cache_dir)
+            enable_cache(val_ds, cache_dir)
+    def common(ds):  # cached, un-augmented data is read in this process: workers would only copy it
+        w = loader_workers(ds, args.workers)
+        return dict(num_workers=w, collate_fn=collate, pin_memory=device.type == "cuda", persistent_workers=w > 0)
     g = torch.Generator().manual_seed(args.seed)
+    if distributed.enabled():  # the single process's order, each process taking its slice of every global batch
+        world = distributed.world_size()
+        train_sampler = distributed.ShardSampler(RandomSampler(train_ds, generator=g), args.batch_size,
+                                                 drop_last=len(train_ds) > args.batch_size * world)
+        train_loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=train_sampler, generator=g,
+                                  **common(train_ds))
+        val_loader = DataLoader(val_ds, batch_size=args.batch_size,
+                                sampler=distributed.ShardSampler(SequentialSampler(val_ds)), **common(val_ds))
+        return train_loader, val_loader
     train_loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True,
-                              drop_last=len(train_ds) > args.batch_size, generator=g, **common)
-    val_loader = DataLoader(val_ds, batch_size=args.batch_size, shuffle=False, **common)
+                              drop_last=len(train_ds) > args.batch_size, generator=g, **common(train_ds))
+    val_loader = DataLoader(val_ds, batch_size=args.batch_size, shuffle=False, **common(val_ds))
     return train_loader, val_loader
 
 
@@ -145,6 +218,13 @@ class Run:
     skipped: list = field(default_factory=list)
     nonfinite: int = 0
     finished_epochs: int = 0
+    net: object = None       # what trains: the model, or the decoder fed from cached features; DDP / compiled
+    features: object = None  # vlsm.feature_cache.FeatureCache with --cache-features
+
+    @property
+    def eval_net(self):
+        """What validation runs: the decoder from cached features, or the model itself."""
+        return self.features.decoder if self.features is not None else self.model
 
     @property
     def checkpointer(self) -> Checkpointer:
@@ -163,21 +243,53 @@ class Run:
 
 def _setup(args) -> Run:
     """Model, data, optimiser for resolved ``args`` (shared by start and resume)."""
-    device = pick_device(args.device)
+    device = distributed.init(args.device) or pick_device(args.device)
     seed_everything(args.seed)
     amp = device.type == "cuda" and args.amp != "off"
     model = build_model(args).to(device)
+    if getattr(args, "cache_features", False):
+        check_usable(model, args.augment)
+    if device.type == "cuda" and not getattr(model, "uses_text", True):  # the CNNs: channels_last convolutions
+        model = model.to(memory_format=torch.channels_last)
+        model.channels_last = True
     counts = model.parameter_counts()
     print(f"model {args.model} ({args.size}, weights={args.weights}): {counts['total']:,} parameters, "
           f"{counts['trainable']:,} trainable; input {model.input_size}px; device {device}"
-          f"{' + AMP' if amp else ''}", flush=True)
-    threshold = args.threshold if args.threshold is not None else model.default_threshold
+          f"{' + AMP ' + str(amp_dtype(device)).replace('torch.', '') if amp else ''}"
+          f"{f' x {distributed.world_size()} processes' if distributed.enabled() else ''}", flush=True)
+    args.parameters = counts
+    if getattr(args, "preset_settings", None):
+        print(describe_start(args, counts), flush=True)
+    threshold = args.threshold if args.threshold not in (None, "auto") else model.default_threshold
     train_loader, val_loader = make_loaders(args, model, device)
     optimizer = build_optimizer(model, args.optimizer, args.lr, args.weight_decay, args.encoder_lr)
-    scheduler = build_scheduler(optimizer, "plateau", args.lr_patience)
-    scaler = torch.amp.GradScaler("cuda") if amp else None
-    return Run(args, device, model, optimizer, scheduler, scaler, SegLoss(args.loss, args.bce_weight),
-               train_loader, val_loader, threshold, amp)
+    scheduler = build_scheduler(optimizer, getattr(args, "scheduler", None) or "plateau", args.lr_patience or 5)
+    scaler = torch.amp.GradScaler("cuda") if amp and amp_dtype(device) == torch.float16 else None  # bf16 needs none
+    loss_cls = PerTargetLoss if getattr(args, "multiclass", False) else SegLoss
+    run = Run(args, device, model, optimizer, scheduler, scaler, loss_cls(args.loss, args.bce_weight),
+              train_loader, val_loader, threshold, amp)
+    _speed_setup(run)
+    return run
+
+
+def _speed_setup(run: Run) -> None:
+    """--cache-features (encoders once), DistributedDataParallel under torchrun, --compile on CUDA."""
+    a, net = run.args, run.model
+    if getattr(a, "cache_features", False):
+        t0 = time.time()
+        run.features = FeatureCache(run.model, run.device, run.amp, batch_size=a.batch_size)
+        n = run.features.add_dataset(run.train_loader.dataset) + run.features.add_dataset(run.val_loader.dataset)
+        print(f"feature cache: encoded {n} images and {len(run.features.text_slot)} prompts once "
+              f"({run.features.nbytes() / 2**20:.0f} MB on {run.features.store_device}, {time.time() - t0:.1f} s); "
+              f"the decoder trains from them", flush=True)
+        net = run.features.decoder
+    net = distributed.wrap_model(net, run.device)
+    if getattr(a, "compile", False):
+        if run.device.type == "cuda":
+            net = torch.compile(net)
+        else:
+            print("--compile: ignored on the CPU (no speed-up there)", flush=True)
+    run.net = net
 
 
 def start(args) -> Run:
@@ -186,11 +298,13 @@ def start(args) -> Run:
     run = _setup(args)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     default = os.path.join(args.output_dir, args.data.replace(",", "+"), args.model, args.prompt, stamp)
-    run.run_dir = new_dir(args.out, default, "run folders")
-    with open(os.path.join(run.run_dir, "args.json"), "w") as f:
-        json.dump(vars(args), f, indent=2)
-    write_last_run(args.output_dir, run.run_dir)
-    run.checkpointer.save(run.state(0))  # last.pth always holds an epoch boundary, so every resume is exact
+    if distributed.is_main():  # under torchrun only rank 0 writes
+        run.run_dir = new_dir(args.out, default, "run folders")
+        with open(os.path.join(run.run_dir, "args.json"), "w") as f:
+            json.dump(vars(args), f, indent=2)
+        write_last_run(args.output_dir, run.run_dir)
+        run.checkpointer.save(run.state(0))  # last.pth always holds an epoch boundary, so every resume is exact
+    run.run_dir = distributed.broadcast_object(run.run_dir)
     return run
 
 
@@ -231,7 +345,8 @@ def resume(args) -> Run:
     set_rng_state(ckpt["rng"])
     if "loader_rng" in ckpt:  # the next epoch's shuffle is the one an uninterrupted run would draw
         run.train_loader.generator.set_state(ckpt["loader_rng"])
-    _truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), run.start_epoch)
+    if distributed.is_main():
+        _truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), run.start_epoch)
     print(f"resumed {run_dir} at epoch {run.start_epoch} (best val Dice {run.best:.4f} at epoch {run.best_epoch})")
     return run
 
@@ -239,13 +354,21 @@ def resume(args) -> Run:
 def _epoch(run: Run, epoch: int, writer, vis_batch, stop) -> bool:
     """Train and validate one epoch, log, checkpoint; return whether val Dice improved."""
     a = run.args
-    tr = engine.train_one_epoch(run.model, run.train_loader, run.optimizer, run.loss_fn, run.device, epoch,
+    train_loader, val_loader = run.train_loader, run.val_loader
+    if run.features is not None:  # batches carry the cached encoder outputs
+        train_loader, val_loader = run.features.wrap(train_loader), run.features.wrap(val_loader)
+    tr = engine.train_one_epoch(run.net, train_loader, run.optimizer, run.loss_fn, run.device, epoch,
                                 run.scaler, run.amp, a.clip_grad, a.max_bad_steps, writer, run.global_step,
                                 max_steps=a.max_steps_per_epoch, on_step=stop.check)
+    tr = distributed.reduce_train(tr)
     run.global_step = tr["global_step"]
-    va = engine.evaluate(run.model, run.val_loader, run.device, run.threshold, run.amp, loss_fn=run.loss_fn,
+    va = engine.evaluate(run.eval_net, val_loader, run.device, run.threshold, run.amp, loss_fn=run.loss_fn,
                          desc=f"val {epoch}")
-    run.scheduler.step(va.get("loss", -va["dice"]))
+    va = distributed.reduce_eval(va)
+    if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        run.scheduler.step(va.get("loss", -va["dice"]))
+    else:  # constant
+        run.scheduler.step()
     run.skipped += tr["skipped"] + va["skipped"]
     run.nonfinite += tr["nonfinite_steps"]
     improved = va["dice"] > run.best
@@ -254,13 +377,14 @@ def _epoch(run: Run, epoch: int, writer, vis_batch, stop) -> bool:
     row = {"epoch": epoch, "train_loss": tr.get("loss"), "val_loss": va.get("loss"), "val_dice": va["dice"],
            "val_iou": va["iou"], "lr": tr["lr"], "nonfinite_steps": tr["nonfinite_steps"],
            "seconds": round(tr["seconds"], 1), "best_val_dice": run.best}
-    with open(os.path.join(run.run_dir, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(row) + "\n")
-    for k in ("train_loss", "val_loss", "val_dice", "val_iou", "lr"):
-        if row[k] is not None:
-            writer.add_scalar(k.replace("_", "/", 1), row[k], epoch)
-    _log_images(writer, run.model, vis_batch, run.device, epoch)
-    run.checkpointer.save(run.state(epoch + 1), best=improved)
+    if distributed.is_main():  # under torchrun only rank 0 logs and saves
+        with open(os.path.join(run.run_dir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for k in ("train_loss", "val_loss", "val_dice", "val_iou", "lr"):
+            if row[k] is not None:
+                writer.add_scalar(k.replace("_", "/", 1), row[k], epoch)
+        _log_images(writer, run.model, vis_batch, run.device, epoch)
+        run.checkpointer.save(run.state(epoch + 1), best=improved)
     run.finished_epochs += 1
     print(f"epoch {epoch}: train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
           f"val Dice {va['dice']:.4f}  IoU {va['iou']:.4f}  lr {tr['lr']:.2e}  "
@@ -273,7 +397,7 @@ def fit(run: Run) -> str:
     from torch.utils.tensorboard import SummaryWriter
     a = run.args
     print(f"run folder: {run.run_dir}", flush=True)
-    writer = SummaryWriter(run.run_dir)
+    writer = SummaryWriter(run.run_dir) if distributed.is_main() else None
     vis_batch = next(iter(run.val_loader))  # the same few validation images every epoch in TensorBoard
     t_start, epoch = time.time(), run.start_epoch
     try:
@@ -282,12 +406,14 @@ def fit(run: Run) -> str:
                 _epoch(run, epoch, writer, vis_batch, stop)
                 if a.early_stop and epoch - run.best_epoch >= a.early_stop:
                     return f"early stopping (no better val Dice for {a.early_stop} epochs)"
-                if a.time_limit and (time.time() - t_start) / 60 > a.time_limit:
+                if a.time_limit and distributed.broadcast_object((time.time() - t_start) / 60 > a.time_limit):
                     return f"time limit ({a.time_limit} min)"
         return "epochs"
     except KeyboardInterrupt:
         # last.pth holds the end of the previous epoch (or the start): a resume repeats the half-done epoch and
         # gives what an uninterrupted run gives; the half-done epoch's weights go to interrupted.pth
+        if not distributed.is_main():
+            sys.exit(130)
         path = run.checkpointer.save_interrupted(run.state(epoch), epoch)
         writer.close()
         print(f"interrupted in epoch {epoch}: saved the current weights to {path} (evaluate.py --checkpoint FILE "
@@ -297,12 +423,19 @@ def fit(run: Run) -> str:
     except engine.NonFiniteLossError as e:
         raise engine.NonFiniteLossError(f"stopped: {e}. The last good checkpoint is {run.run_dir}/last.pth") from None
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
 
 
 def finish(run: Run, stopped_by: str, minutes: float) -> dict:
     """Report, score the best checkpoint on the test split, write final.json."""
     a = run.args
+    if distributed.enabled():  # rank 0 finishes alone, with the whole validation set
+        if not distributed.is_main():
+            return {"run_dir": run.run_dir, "best_val_dice": run.best, "best_epoch": run.best_epoch,
+                    "stopped_by": stopped_by}
+        run.val_loader = DataLoader(run.val_loader.dataset, batch_size=a.batch_size, shuffle=False,
+                                    num_workers=a.workers, collate_fn=collate, pin_memory=run.device.type == "cuda")
     print(f"stopped by {stopped_by}; best val Dice {run.best:.4f} at epoch {run.best_epoch}; {minutes:.1f} min",
           flush=True)
     skipped = sorted(set(run.skipped))
@@ -310,16 +443,29 @@ def finish(run: Run, stopped_by: str, minutes: float) -> dict:
         print(f"skipped {len(skipped)} bad samples:\n  " + "\n  ".join(skipped[:50]))
     final = {"best_val_dice": run.best, "best_epoch": run.best_epoch, "stopped_by": stopped_by,
              "nonfinite_steps": run.nonfinite, "skipped_samples": skipped, "minutes": minutes}
+    model, ckpt = model_from_checkpoint(run.run_dir, run.device)
+    threshold = ckpt.get("threshold", run.threshold)
+    if a.threshold == "auto":  # chosen on the validation split, stored with the best weights
+        threshold, sweep = pick_threshold(model, run.val_loader, run.device)
+        final["threshold_sweep"] = sweep
+        run.checkpointer.save_best_field("threshold", threshold)
+        print(f"--threshold auto: {threshold} maximises validation Dice ({sweep[str(threshold)]:.4f})")
+    final["threshold"] = threshold
     if not a.no_test:
-        model, ckpt = model_from_checkpoint(run.run_dir, run.device)
-        prompt = "p1" if a.prompt == "random" else a.prompt
+        prompt = a.prompt  # "random": one fixed non-empty key per record (per_image.csv's prompt_key)
         try:
-            final["test"] = score(model, a.data, "test", prompt, ckpt.get("threshold", run.threshold), run.device,
+            final["test"] = score(model, a.data, "test", prompt, threshold, run.device,
                                   eval_root=os.path.join(run.run_dir, "eval"), data_root=a.data_root,
                                   prompts_root=a.prompts_root, workers=a.workers, on_bad_sample=a.on_bad_sample,
-                                  extra={"checkpoint": os.path.join(run.run_dir, "best.pth")})
+                                  extra={"checkpoint": os.path.join(run.run_dir, "best.pth")},
+                                  drop_duplicates=getattr(a, "drop_duplicates", False),
+                                  target=getattr(a, "target", None))
         except ValueError as e:  # e.g. a dataset without a test split
             print(f"no test evaluation: {e}")
+    manifests = dataset_manifests(run.train_loader.dataset) + dataset_manifests(run.val_loader.dataset)
+    if final.get("test", {}).get("manifest"):
+        manifests.append(final["test"]["manifest"])
+    write_run_card(run.run_dir, model, a, threshold, [m for m in manifests if os.path.isfile(m)], final)
     with open(os.path.join(run.run_dir, "final.json"), "w") as f:
         json.dump(final, f, indent=2)
     return {"run_dir": run.run_dir, **final}
@@ -335,7 +481,7 @@ def run_training(args) -> dict:
     try:
         stopped_by = fit(run)
     except Exception:
-        if not args.resume and run.finished_epochs == 0:
+        if not args.resume and run.finished_epochs == 0 and distributed.is_main():
             shutil.rmtree(run.run_dir, ignore_errors=True)
             print(f"the run failed before its first epoch finished; removed {run.run_dir}", file=sys.stderr)
         raise
@@ -354,10 +500,13 @@ def _truncate_metrics(path: str, start_epoch: int) -> None:
 
 def grid_images(batch: dict, logits: torch.Tensor, mean, std, n: int = 4) -> torch.Tensor:
     """Rows of image | ground truth | prediction for TensorBoard, (3, rows*H, 3*W) in [0,1]."""
-    imgs = batch["image"][:n].float().cpu()
-    m = torch.tensor(mean).view(1, 3, 1, 1)
-    s = torch.tensor(std).view(1, 3, 1, 1)
-    imgs = (imgs * s + m).clamp(0, 1)
+    imgs = batch["image"][:n].cpu()
+    if imgs.dtype == torch.uint8:  # the data cache's images are not normalised yet
+        imgs = imgs.float() / 255.0
+    else:
+        m = torch.tensor(mean).view(1, 3, 1, 1)
+        s = torch.tensor(std).view(1, 3, 1, 1)
+        imgs = (imgs.float() * s + m).clamp(0, 1)
     gt = batch["mask"][:n].float().cpu().repeat(1, 3, 1, 1)
     pred = torch.sigmoid(upsample_logits(logits[:n].float().cpu(), imgs.shape[-2:])).repeat(1, 3, 1, 1)
     rows = [torch.cat([imgs[i], gt[i], pred[i]], dim=2) for i in range(imgs.shape[0])]

@@ -9,6 +9,9 @@ Records carry ``class_name`` "tumor" and ``tumor_type`` "benign" / "malignant" /
 Normal images have empty masks (kept, bbox null); a normal image without any mask file gets an empty
 mask (reported as a note). A benign/malignant image without a mask, or a mask without its image, is
 unpaired (error by default, see ``--skip-unpaired``).
+
+Output names are the paper's (its released manifests): ``benign (12).png`` -> ``images/12_benign.png`` and
+``masks/12_benign.png``; a name of another pattern is made file-system safe (``safe_stem``).
 """
 from __future__ import annotations
 
@@ -32,6 +35,13 @@ from .common import (
 
 CLASSES = ("benign", "malignant", "normal")
 MASK_RE = re.compile(r"^(?P<base>.+?)_mask(?:_(?P<k>\d+))?$", re.IGNORECASE)
+NAME_RE = re.compile(r"^(?P<cls>[a-z]+) \((?P<k>\d+)\)$", re.IGNORECASE)
+
+
+def output_stem(stem: str) -> str:
+    """The paper's name of a BUSI image: ``benign (12)`` -> ``12_benign``."""
+    m = NAME_RE.match(stem.strip())
+    return f"{int(m.group('k'))}_{m.group('cls').lower()}" if m else safe_stem(stem)
 
 
 def union_mask(paths: list[str]) -> np.ndarray:
@@ -83,7 +93,7 @@ def convert_busi(src: str) -> Conversion:
             else:
                 notes.append(f"normal image without mask file: {img} (empty mask used)")
                 load = (lambda p=img: np.zeros(read_array(p).shape[:2], bool))
-            out = safe_stem(stem)
+            out = output_stem(stem)
             meta = {"class_name": "tumor", "tumor_type": tumor_type, "source_name": os.path.basename(img)}
             if len(paths) > 1:
                 meta["n_mask_files"] = len(paths)

@@ -7,8 +7,12 @@ the writing, the split and the manifests.
 
 Conventions
 -----------
-* Output names: an image keeps its source extension when it is JPEG or PNG (copied byte for byte);
-  anything else (TIFF, MHD/raw, NIfTI, an array) is written as an 8-bit PNG. Masks are always PNG 0/255.
+* Output names are the names the paper's released manifests use (medvlsm ``data/<name>/anns/*.json``), so
+  ``python -m datasets.import_manifests`` finds every file: an image keeps its source extension when it is
+  JPEG or PNG (copied byte for byte); anything else (TIFF, MHD/raw, NIfTI, an array) is written as an 8-bit
+  PNG. Masks are PNG 0/255 (``Target.mask_name``, by default ``<mask_stem>.png``), except that a release mask
+  the paper names by its own file name (Kvasir-SEG's ``<id>.jpg``, BKAI's ``<id>.jpeg``) is copied byte for
+  byte (``Target.copy_from``); the loader's one binarisation rule reads it.
 * Mask binarisation (``binarise``): a boolean array is kept; an array whose values are only {0, 1}
   is taken as binary; otherwise foreground = value >= 128 for 8-bit data (>= 32768 for 16-bit data
   whose maximum exceeds 255), so JPEG noise and the faint background values of CVC-ClinicDB are
@@ -47,6 +51,12 @@ class Target:
     meta: dict = field(default_factory=dict)    # must contain "class_name"; more fields go into the record
     segment_id: int = 0
     source: str = ""                            # file named in error messages
+    copy_from: str | None = None                # copy this release file as the mask, byte for byte
+    mask_ext: str = ".png"                      # the output mask's extension (the copied file's, with copy_from)
+
+    @property
+    def mask_name(self) -> str:
+        return self.mask_stem + self.mask_ext
 
 
 ImageSource = Union[str, Callable[[], np.ndarray]]
@@ -68,6 +78,9 @@ class Conversion:
     samples: list
     unpaired: list = field(default_factory=list)   # human-readable "what: path" lines
     notes: list = field(default_factory=list)      # things the user should know (ignored folders, ...)
+    # split -> sub-folder of images/ and masks/ for that split's files (CAMUS: the paper's images/train and
+    # images/test, whose releases reuse patient names); None = one flat folder
+    split_folders: dict | None = None
 
 
 # ----------------------------------------------------------------------------------------------- layout

@@ -5,7 +5,8 @@
   ``..._Test_Data/`` / ``..._Test_GroundTruth/`` folders (any folder names containing
   "Training_Data", "Training_GroundTruth", "Test_Data", "Test_GroundTruth" are accepted). The
   official test set is the test split; validation is carved from the official training set by the
-  seeded split (paper: 810/90 of 900).
+  seeded split (paper: 810/90 of 900). Masks keep the release's (and the paper's) name,
+  ``masks/ISIC_<id>_Segmentation.png``.
 * dfu: every ``<prefix>_images/`` folder with a sibling ``<prefix>_masks/`` (DFU 2022:
   ``DFUC2022_train_images/`` + ``DFUC2022_train_masks/``, masks ``<stem>.png``); image folders without a
   masks folder (the unlabelled validation/test releases) are reported and not used.
@@ -59,7 +60,8 @@ def convert_isic(src: str) -> Conversion:
         unpaired += bad
         for stem, img, msk in pairs:
             samples.append(Sample(stem=stem, image=img, source=img, split=split,
-                                  targets=[Target(stem, (lambda p=msk: read_binary_mask(p)),
+                                  targets=[Target(os.path.splitext(os.path.basename(msk))[0],
+                                                  (lambda p=msk: read_binary_mask(p)),
                                                   {"class_name": "skin melanoma"}, 0, msk)]))
         notes.append(f"{split}: images from {img_dir}, masks from {gt_dir}")
     return Conversion(samples, unpaired, notes)

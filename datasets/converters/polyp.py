@@ -1,23 +1,29 @@
 """Endoscopy (polyp) converters: Kvasir-SEG, CVC-ClinicDB, BKAI-IGH NeoPolyp, ETIS, CVC-ColonDB, CVC-300.
 
-All produce one record per image with class name "polyp". Layouts (searched in ``--src`` and its
-sub-folders down to two levels):
+All produce one record per image with class name "polyp", under the names of the paper's released
+manifests. Layouts (searched in ``--src`` and its sub-folders down to two levels):
 
-* kvasir: ``images/`` + ``masks/`` (JPEG, same file names).
+* kvasir: ``images/`` + ``masks/`` (JPEG, same file names). The masks are copied byte for byte as
+  ``masks/<id>.jpg`` (the paper's name; the loader binarises the JPEG noise with >= 128).
 * clinicdb: ``Original/`` + ``Ground Truth/`` (TIFF, official release), or ``images/`` + ``masks/`` (PNG copy).
 * bkai: ``train/`` + ``train_gt/`` (Kaggle's nested ``train/train/`` is followed). Masks are RGB:
   red = neoplastic, green = non-neoplastic; both become "polyp" (foreground where the red or the green
-  channel is >= 128). The record's ``lesion_types`` lists which of the two the mask holds. ``test/``
-  has no ground truth and is not used (reported as a note).
+  channel is >= 128). The record's ``lesion_types`` lists which of the two the mask holds. The RGB mask
+  is copied byte for byte as ``masks/<id>.jpeg`` (the paper's name), which the loader's rule (maximum over
+  the channels >= 128) reads as red or green; a mask where that differs is reported. ``test/`` has no
+  ground truth and is not used (reported as a note).
 * etis, colondb, cvc300 (test only): ``images/`` + ``masks/`` (the usual polyp test-set layout), or
   ``Original/`` + ``Ground Truth/``; ETIS also in its official layout ``ETIS-LaribPolypDB/`` +
   ``GroundTruth/`` with mask ``p<N>`` for image ``<N>``.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .common import (
+    COPY_EXTS,
     Conversion,
     PrepareError,
     Sample,
@@ -59,20 +65,29 @@ def find_pair_dirs(name: str, src: str, layouts: list) -> tuple[str, str, str, o
     raise unknown_layout(name, src, " or ".join(layout[3] for layout in layouts))
 
 
-def paired_samples(name: str, src: str, layouts: list) -> Conversion:
+def copied_mask(stem: str, path: str, meta: dict, load=None) -> Target:
+    """A target whose output mask is the release's own file (a JPEG or PNG), copied under ``<stem><ext>``."""
+    ext = os.path.splitext(path)[1]
+    if ext.lower() not in COPY_EXTS:
+        return Target(stem, load or (lambda p=path: read_binary_mask(p)), meta, 0, path)
+    return Target(stem, load or (lambda p=path: read_binary_mask(p)), meta, 0, path, copy_from=path, mask_ext=ext)
+
+
+def paired_samples(name: str, src: str, layouts: list, copy_masks: bool = False) -> Conversion:
     _, img_dir, mask_dir, key = find_pair_dirs(name, src, layouts)
     images, masks = image_files(img_dir), image_files(mask_dir)
     if not images:
         raise PrepareError(f"{name}: no image files in {img_dir} ({listing(img_dir)})")
     pairs, unpaired = pair_by_stem(images, masks, key)
     samples = [Sample(stem=stem, image=img, source=img,
-                      targets=[Target(stem, (lambda p=msk: read_binary_mask(p)), {"class_name": "polyp"}, 0, msk)])
+                      targets=[copied_mask(stem, msk, {"class_name": "polyp"}) if copy_masks else
+                               Target(stem, (lambda p=msk: read_binary_mask(p)), {"class_name": "polyp"}, 0, msk)])
                for stem, img, msk in pairs]
     return Conversion(samples, unpaired, [f"images from {img_dir}, masks from {mask_dir}"])
 
 
 def convert_kvasir(src: str) -> Conversion:
-    return paired_samples("kvasir", src, LAYOUTS["kvasir"])
+    return paired_samples("kvasir", src, LAYOUTS["kvasir"], copy_masks=True)
 
 
 def convert_clinicdb(src: str) -> Conversion:
@@ -123,7 +138,7 @@ def convert_bkai(src: str) -> Conversion:
             mask, types = bkai_mask(p)
             meta["lesion_types"] = types      # filled when the mask is read, before the record is written
             return mask
-        samples.append(Sample(stem=stem, image=img, source=img, targets=[Target(stem, load, meta, 0, msk)]))
+        samples.append(Sample(stem=stem, image=img, source=img, targets=[copied_mask(stem, msk, meta, load)]))
     notes = [f"images from {img_dir}, masks from {mask_dir}; red (neoplastic) and green (non-neoplastic) merged"]
     test_dir = find_dir(root, ("test",))
     if test_dir:

@@ -42,7 +42,15 @@ class BiomedCLIPSeg(SegModel):
             raise ValueError("BiomedCLIPSeg needs tokenized prompts (input_ids); use model.tokenize(texts)")
         if input_ids.shape[0] != pixel_values.shape[0]:
             raise ValueError(f"{input_ids.shape[0]} prompts for {pixel_values.shape[0]} images")
-        activations = self.visual.tapped_hidden_states(pixel_values, self.extract_layers)
-        conditional = self.text(input_ids, attention_mask)
-        logits = self.decoder(activations, conditional).logits  # [B, H, W]
-        return logits.unsqueeze(1)
+        return self.decode(self.vision_activations(pixel_values), self.text_embedding(input_ids, attention_mask))
+
+    # the three parts, as CLIPSeg has them (the frozen-encoder feature cache, vlsm/feature_cache.py, calls them)
+    def vision_activations(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        return self.visual.tapped_hidden_states(pixel_values, self.extract_layers)
+
+    def text_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.text(input_ids, attention_mask)
+
+    def decode(self, activations: list[torch.Tensor], cond: torch.Tensor) -> torch.Tensor:
+        """The decoder alone: tapped activations + text embedding -> logits (B, 1, h, w)."""
+        return self.decoder(activations, cond).logits.unsqueeze(1)  # decoder gives [B, H, W]

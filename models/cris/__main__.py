@@ -5,23 +5,27 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+
+from vlsm.cli import run_cli
 
 from ..registry import model_from_checkpoint
 from .checkpoint import save_cris_checkpoint
 from .model import CRIS
 
 
-def main(argv: list[str] | None = None) -> str:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m models.cris", description=__doc__.splitlines()[0].replace("``", "'"))
     p.add_argument("checkpoint", help="run folder (best.pth, else last.pth) or .pth written by train.py --model cris")
     p.add_argument("out", help="output .pth in the original CRIS format (must not exist)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(args) -> str:
     if os.path.exists(args.out):
-        raise SystemExit(f"{args.out} exists; refusing to overwrite it")
+        raise FileExistsError(f"{args.out} exists; refusing to overwrite it")
     model, ckpt = model_from_checkpoint(args.checkpoint)
     if not isinstance(model, CRIS):
-        raise SystemExit(f"{args.checkpoint} holds a '{ckpt.get('model_name')}' model, not CRIS")
+        raise ValueError(f"{args.checkpoint} holds a '{ckpt.get('model_name')}' model, not CRIS")
     path = save_cris_checkpoint(model, args.out, epoch=int(ckpt.get("epoch", 0)),
                                 best_iou=float(ckpt.get("best_dice", 0.0)))
     print(f"wrote {path} (original CRIS format, keys prefixed 'module.')")
@@ -29,4 +33,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main, get_args_parser())
