@@ -17,6 +17,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) train.py                                   # trains, then scores the test split at original size
 	$(PY) evaluate.py --checkpoint last --swap-prompts   # control: prompts naming another object
+	$(PY) -m vlsm.figures --checkpoint last              # showcase.png: ground truth | right prompt | another object's
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

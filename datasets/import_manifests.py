@@ -37,9 +37,10 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import time
 import warnings
+
+from vlsm.cli import run_cli
 
 from .manifest import ManifestError, ManifestWarning, load_manifest, write_json_atomic
 from .registry import DATASETS
@@ -289,7 +290,7 @@ def report_lines(prov: dict, dry_run: bool = False) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m datasets.import_manifests", description=__doc__.split("\n\n")[0],
                                 epilog="Details: docs/datasets.md (the paper's manifests)")
     p.add_argument("names", nargs="*", metavar="NAME", help="datasets to import (default: all found under --from)")
@@ -302,15 +303,14 @@ def main(argv=None) -> int:
                         "/work/shared/data/kvasir_seg; NAME=DIR with several datasets")
     p.add_argument("--overwrite", action="store_true", help="replace existing manifests that differ")
     p.add_argument("--dry-run", action="store_true", help="check and report; write nothing")
-    args = p.parse_args(argv)
-    try:
-        import_manifests(args.src, args.names, args.data_root, args.prompts_root, args.images_from, args.overwrite,
-                         args.dry_run)
-    except (ImportError_, ManifestError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return p
+
+
+def main(args) -> int:
+    import_manifests(args.src, args.names, args.data_root, args.prompts_root, args.images_from, args.overwrite,
+                     args.dry_run)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main, get_args_parser())

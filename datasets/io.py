@@ -45,7 +45,8 @@ def read_image(path: str, draft_size: int | None = None) -> tuple[Image.Image, t
     except FileNotFoundError:
         raise BadSampleError(f"image file not found: {path} (check --data-root and the manifest's names)") from None
     except (UnidentifiedImageError, OSError) as e:
-        raise BadSampleError(f"cannot read image {path}: {e}. Re-export the file, or pass --on-bad-sample skip") from None
+        raise BadSampleError(f"cannot read image {path}: {e}. Re-export the file, "
+                             f"or pass --on-bad-sample skip") from None
     orig_hw = (img.height, img.width)
     try:
         if draft_size and img.format == "JPEG" and img.mode in ("RGB", "L"):

@@ -63,7 +63,6 @@ import json
 import os
 import random
 import shutil
-import sys
 import time
 
 import numpy as np
@@ -75,6 +74,7 @@ from datasets.io import BadSampleError, read_mask
 from datasets.manifest import write_json_atomic
 from datasets.registry import DATASETS
 from datasets.validate import PairError, check_image, check_mask
+from vlsm.cli import run_cli
 
 CONVERTERS = {n: d.converter for n, d in DATASETS.items() if d.converter}
 
@@ -441,7 +441,7 @@ def prepare(name: str, src: str, data_root: str = "data", prompts_root: str = "p
     return summary
 
 
-def main(argv=None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m datasets.prepare", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Layouts, splits and download sources: docs/datasets.md")
@@ -457,15 +457,14 @@ def main(argv=None) -> int:
     p.add_argument("--labels", action="append", default=None, metavar="CSV",
                    help="chexlocalize: a CheXpert label file (repeat for val and test); the 'present' pathologies "
                         "come from its positive labels, as the paper (default: from the masks)")
-    args = p.parse_args(argv)
-    try:
-        prepare(args.name, args.src, args.data_root, args.prompts_root, args.seed, args.overwrite, args.skip_unpaired,
-                labels=args.labels)
-    except PrepareError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return p
+
+
+def main(args) -> int:
+    prepare(args.name, args.src, args.data_root, args.prompts_root, args.seed, args.overwrite, args.skip_unpaired,
+            labels=args.labels)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main, get_args_parser())

@@ -126,8 +126,9 @@ def _broken_dataset(tmp_path):
 
 def test_worker_error_reads_like_the_same_error_without_workers(tmp_path):
     data_root, prompts_root = _broken_dataset(tmp_path)
-    ds = ManifestDataset(os.path.join(prompts_root, "kvasir", "train.json"), os.path.join(data_root, "kvasir", "images"),
-                         os.path.join(data_root, "kvasir", "masks"), transform=SegTransform(32, (0,) * 3, (1,) * 3))
+    ds = ManifestDataset(os.path.join(prompts_root, "kvasir", "train.json"),
+                         os.path.join(data_root, "kvasir", "images"), os.path.join(data_root, "kvasir", "masks"),
+                         transform=SegTransform(32, (0,) * 3, (1,) * 3))
     with pytest.raises(BadSampleError) as direct:
         ds[0]
     from torch.utils.data import DataLoader

@@ -17,8 +17,9 @@ import pytest
 from conftest import SHARED_DATA, SHARED_ROOT
 from PIL import Image
 
-from datasets.import_manifests import ImportError_, import_manifests, main
+from datasets.import_manifests import ImportError_, get_args_parser, import_manifests, main
 from datasets.manifest import ManifestError, ManifestWarning, load_manifest
+from vlsm.cli import run_cli
 
 ANNS = os.path.join(SHARED_ROOT, "reference", "medvlsm_anns")
 W, H = 40, 30
@@ -154,10 +155,11 @@ def test_missing_images_are_all_listed_and_nothing_is_written(tmp_path, capsys):
     write(str(src / "test.json"), [paper_record("t.jpg", "t.jpg")])
     pair(str(tmp_path / "data" / "kvasir"), "0.jpg")
     pair(str(tmp_path / "data" / "kvasir"), "v.jpg")
-    rc = main(["--from", str(tmp_path / "anns"), "--data-root", str(tmp_path / "data"), "--prompts-root",
-               str(tmp_path / "pj")])
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, get_args_parser(), ["--from", str(tmp_path / "anns"), "--data-root", str(tmp_path / "data"),
+                                          "--prompts-root", str(tmp_path / "pj")])
     err = capsys.readouterr().err
-    assert rc == 2 and "nothing written" in err
+    assert e.value.code == 2 and "nothing written" in err
     for name in ("1.jpg", "2.jpg", "3.jpg", "t.jpg"):      # every missing image and mask, not only the first
         assert f"image missing: {tmp_path}/data/kvasir/images/{name}" in err
         assert f"mask missing: {tmp_path}/data/kvasir/masks/{name}" in err

@@ -17,7 +17,8 @@ from PIL import Image
 
 from datasets.converters.common import PrepareError
 from datasets.io import read_mask as load_mask
-from datasets.prepare import PAPER_COUNTS, main, prepare, scaled_counts
+from datasets.prepare import PAPER_COUNTS, get_args_parser, main, prepare, scaled_counts
+from vlsm.cli import run_cli
 
 W, H = 40, 30
 from conftest import SHARED_DATA as SHARED  # noqa: E402
@@ -221,8 +222,8 @@ def test_unpaired_error_by_default_and_skip_with_summary(tmp_path, capsys):
         run("kvasir", src, tmp_path)
     assert "2 unpaired" in str(e.value) and "lonely.jpg" in str(e.value) and "orphan.jpg" in str(e.value)
     assert "--skip-unpaired" in str(e.value)
-    rc = main(["kvasir", "--src", str(src), "--data-root", str(tmp_path / "d"), "--prompts-root",
-               str(tmp_path / "p"), "--skip-unpaired"])
+    rc = main(get_args_parser().parse_args(["kvasir", "--src", str(src), "--data-root", str(tmp_path / "d"),
+                                            "--prompts-root", str(tmp_path / "p"), "--skip-unpaired"]))
     out = capsys.readouterr().out
     assert rc == 0 and "skipping 2 unpaired" in out and "lonely.jpg" in out
     names = {r["img_name"] for r in all_records(tmp_path / "p" / "kvasir")}
@@ -239,7 +240,9 @@ def test_mask_size_mismatch_names_the_file(tmp_path):
 
 
 def test_cli_error_exit_code(tmp_path, capsys):
-    assert main(["kvasir", "--src", str(tmp_path / "missing")]) == 2
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, get_args_parser(), ["kvasir", "--src", str(tmp_path / "missing")])
+    assert e.value.code == 2
     assert "is not a folder" in capsys.readouterr().err
 
 

@@ -272,7 +272,8 @@ def test_make_prompts_end_to_end(tiny_kvasir, capsys):
     assert not [f for f in os.listdir(os.path.join(prompts, "kvasir")) if f.startswith(".tmp")]
     # --stats: one line per value; size counts each target (3 targets over 3 records)
     assert "kvasir (train, test): 3 records" in text
-    lines = {tuple(line.split()[:2]): line.split()[2] for line in text.splitlines() if line.startswith(("number", "size", "colour"))}
+    lines = {tuple(line.split()[:2]): line.split()[2] for line in text.splitlines()
+             if line.startswith(("number", "size", "colour"))}
     assert lines[("number", "one")] == "1" and lines[("number", "two")] == "1" and lines[("number", "no")] == "1"
     assert lines[("size", "small")] == "2" and lines[("size", "medium")] == "1"
     assert lines[("colour", "red")] == "1" and lines[("colour", "(none)")] == "1"
@@ -407,7 +408,8 @@ def test_perturb_radiology_values():
     assert "of a zugzwang female" in rnd["prompts"]["p5"][0]
     cyc = perturb_prompts.perturb_manifest(camus, "camus", "cycle", "opposite", 0, words)[0]
     assert "end of the diastole cycle" in cyc["prompts"]["p3"][0]
-    busi = [{"img_name": "y", "attributes": {"count": 1, "number": "one", "tumor_type": "benign", "class_name": "tumor"}}]
+    busi = [{"img_name": "y",
+             "attributes": {"count": 1, "number": "one", "tumor_type": "benign", "class_name": "tumor"}}]
     assert perturb_prompts.perturb_manifest(busi, "busi", "tumor_type", "opposite", 0, words)[0]["prompts"]["p2"] == [
         "Malignant tumor in the breast ultrasound image.", "Irregular-shaped tumor in the breast ultrasound image."]
 

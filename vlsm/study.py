@@ -183,6 +183,8 @@ def expand(spec: dict) -> list[Cell]:
         _check_names(g["models"], list_models(), f"{where} models")
         _check_names(g["steps"], STEPS, f"{where} steps")
         _check_names(g["freeze"], list(FREEZE), f"{where} freeze settings")
+        from .cli import preset_names
+        _check_names(g["presets"], list(preset_names()), f"{where} presets")
         _check_names(g["perturb_kinds"], KINDS, f"{where} perturb_kinds")
         _check_names(g["text_reliance_kinds"], KINDS, f"{where} text_reliance_kinds")
         _check_names(g["perturb_attributes"], ATTRIBUTES + ("view", "cycle", "sex", "age", "image_quality",
