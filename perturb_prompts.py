@@ -22,22 +22,24 @@ without the attribute (e.g. an empty mask has no size) is kept unchanged with ``
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
-import random
 
 from datasets import prompt_templates as T
 from datasets.manifest import write_json_atomic
+from datasets.perturb import (  # noqa: F401
+    ALIASES,
+    DEFAULT_ATTRIBUTES,
+    KINDS,
+    PERTURBABLE,
+    WORD_LIST,
+    load_words,
+    parse_list,
+    perturb_manifest,
+    perturb_record,
+    perturb_value,
+)
 from vlsm.cli import run_cli
-
-KINDS = ("random_word", "opposite", "drop")
-DEFAULT_ATTRIBUTES = ("size", "colour", "shape", "location", "number")
-PERTURBABLE = DEFAULT_ATTRIBUTES + ("view", "cycle", "sex", "age", "image_quality", "tumor_type")
-ALIASES = {"color": "colour", "quality": "image_quality", "tumour_type": "tumor_type",
-           "gender": "sex", "type": "tumor_type"}
-WORD_LIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "uncommon_words.txt")
-AGE_SHIFT = 30  # "another" age: 30 years older (younger when that would pass 100)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -53,85 +55,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed for word choices (same seed, same files)")
     p.add_argument("--words", default=WORD_LIST, help="word list, one word a line ('#' comments)")
     return p
-
-
-def load_words(path: str = WORD_LIST) -> list[str]:
-    """The uncommon-word list (one word a line, blank lines and '#' comments ignored)."""
-    with open(path) as f:
-        words = [w.strip() for w in f if w.strip() and not w.startswith("#")]
-    if not words:
-        raise ValueError(f"{path} holds no words")
-    return words
-
-
-def parse_list(text: str, allowed, aliases=None, what="value") -> list[str]:
-    items = [(aliases or {}).get(t.strip(), t.strip()) for t in text.split(",") if t.strip()]
-    bad = [t for t in items if t not in allowed]
-    if bad:
-        raise ValueError(f"unknown {what} {bad}; choose from {', '.join(allowed)}")
-    return items
-
-
-def _other_value(attribute: str, value, rng: random.Random):
-    """Opposite of one value, or another value of the same vocabulary at random."""
-    if attribute == "age":
-        age = int(value)
-        return age + AGE_SHIFT if age + AGE_SHIFT <= 100 else age - AGE_SHIFT
-    opposite = T.OPPOSITES.get(attribute, {}).get(value)
-    if opposite is not None:
-        return opposite
-    choices = [v for v in T.VOCABULARY.get(attribute, ()) if v != value]
-    if not choices:
-        raise ValueError(f"no other value known for {attribute}={value!r}")
-    return rng.choice(choices)
-
-
-def perturb_value(attribute: str, value, kind: str, rng: random.Random, words: list[str]):
-    """New value of one attribute (``None`` for "drop")."""
-    if kind == "drop":
-        return None
-    if kind == "random_word":
-        word = rng.choice(words)
-        return [word] if isinstance(value, list) else word
-    if kind == "opposite":
-        if isinstance(value, list):
-            return [_other_value(attribute, v, rng) for v in value]
-        return _other_value(attribute, value, rng)
-    raise ValueError(f"unknown perturbation kind {kind!r}; choose from {', '.join(KINDS)}")
-
-
-def perturb_record(record: dict, dataset: str, attribute: str, kind: str,
-                   rng: random.Random, words: list[str]) -> dict:
-    """A copy of ``record`` with one attribute perturbed and its prompts rebuilt."""
-    attrs = record.get("attributes")
-    if not isinstance(attrs, dict):
-        raise ValueError(f"record {record.get('img_name', '?')} has no 'attributes': "
-                         "run `python make_prompts.py --data NAME` on the manifest first")
-    new = copy.deepcopy(record)
-    value = attrs.get(attribute)
-    if value is None:
-        new["perturbation"] = {"attribute": attribute, "kind": kind, "from": None, "to": None,
-                               "changed": False}
-        new["prompts"] = T.build_prompts(dataset, attrs)
-        return new
-    changed = dict(attrs)
-    to = perturb_value(attribute, value, kind, rng, words)
-    if to is None:
-        changed.pop(attribute)
-    else:
-        changed[attribute] = to
-    new["attributes"] = changed
-    new["prompts"] = T.build_prompts(dataset, changed)
-    new["perturbation"] = {"attribute": attribute, "kind": kind, "from": value, "to": to,
-                           "changed": True}
-    return new
-
-
-def perturb_manifest(records: list, dataset: str, attribute: str, kind: str, seed: int,
-                     words: list[str]) -> list:
-    """All records perturbed with one (attribute, kind); the seed fixes every random choice."""
-    rng = random.Random(f"{seed}:{attribute}:{kind}")
-    return [perturb_record(r, dataset, attribute, kind, rng, words) for r in records]
 
 
 def main(args) -> list[dict]:

@@ -34,15 +34,14 @@ committed to this repository (their images are the datasets' own, under their ow
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import time
 import warnings
 
 from vlsm.cli import run_cli
 
-from .manifest import ManifestError, ManifestWarning, load_manifest, write_json_atomic
+from .manifest import ManifestError, ManifestWarning, file_sha256, load_manifest, write_json_atomic
+from .prepare import differing_manifests
 from .registry import DATASETS
 
 #: this project's dataset name -> the paper's folder name under medvlsm data/
@@ -57,14 +56,6 @@ SOURCE = "github.com/naamiinepal/medvlsm data/<name>/anns (MIT licence)"
 
 class ImportError_(ValueError):
     """Bad input for the importer; the message names the file, the names missing and the fix."""
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve_name(name: str) -> str:
@@ -112,7 +103,7 @@ def read_sources(name: str, src: str) -> tuple[dict, dict, list[str]]:
             recs = load_manifest(path, allow_empty=True)
         dupes = [str(w.message) for w in caught if issubclass(w.category, ManifestWarning)]
         records[split] = recs
-        files[split] = {"path": os.path.abspath(path), "sha256": sha256(path), "records": len(recs),
+        files[split] = {"path": os.path.abspath(path), "sha256": file_sha256(path), "records": len(recs),
                         "duplicates": dupes}
         notes += dupes
     extra = sorted(f for f in os.listdir(src) if f.endswith(".json") and f[:-5] not in SPLITS)
@@ -189,21 +180,6 @@ def link_folders(name: str, images_from: str, data_root: str, dry_run: bool) -> 
     return done
 
 
-def differing(prompts_dir: str, splits: dict) -> list[str]:
-    out = []
-    for sp, recs in splits.items():
-        path = os.path.join(prompts_dir, f"{sp}.json")
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                try:
-                    old = json.load(f)
-                except json.JSONDecodeError:
-                    old = None
-            if old != recs:
-                out.append(path)
-    return out
-
-
 def import_manifests(src_root: str, names: list[str] | None = None, data_root: str = "data",
                      prompts_root: str = "prompts_json", images_from: list[str] | None = None,
                      overwrite: bool = False, dry_run: bool = False, log=print) -> dict:
@@ -245,7 +221,7 @@ def import_manifests(src_root: str, names: list[str] | None = None, data_root: s
     for name, plan in plans.items():
         problems += missing_files(name, plan["splits"], plan["root"])
         out_dir = os.path.join(prompts_root, name)
-        changed = differing(out_dir, plan["splits"])
+        changed = [path for _, path, _ in differing_manifests(plan["splits"], out_dir)]
         if changed and not overwrite:
             problems.append(f"{name}: existing manifests differ from the paper's: {', '.join(changed)} (prepared with "
                             f"a seeded split, or prompts from make_prompts.py); pass --overwrite to replace them")
@@ -262,7 +238,7 @@ def import_manifests(src_root: str, names: list[str] | None = None, data_root: s
                 write_json_atomic(path, recs, ensure_ascii=False)
             written[sp] = {"path": os.path.abspath(path), "records": len(recs),
                            "images": len({r["img_name"] for r in recs}),
-                           "sha256": sha256(path) if not dry_run else None}
+                           "sha256": file_sha256(path) if not dry_run else None}
         prov = {"source": SOURCE, "from": os.path.abspath(plan["src"]), "dataset": name,
                 "paper_folder": PAPER_FOLDERS[name], "files": plan["files"], "written": written,
                 "images_from": os.path.abspath(plan["root"]), "links": links,

@@ -136,6 +136,16 @@ def load_manifest(path: str, drop_duplicates: bool = False, allow_empty: bool = 
     return records
 
 
+def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes (provenance of manifests)."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def write_json_atomic(path: str, obj, ensure_ascii: bool = True) -> None:
     """Write JSON (indent 1, trailing newline) through a temporary file in the same folder and ``os.replace``:
     a manifest is never half-written, and a failed write leaves the old one and no temporary file."""

@@ -316,9 +316,9 @@ def check_distinct(name: str, samples: list, data_root: str) -> list:
 
 
 # ------------------------------------------------------------------------------------------- manifests
-def check_manifests(new: dict, prompts_dir: str, overwrite: bool) -> list:
-    """Names of the splits whose existing manifest differs; raises unless ``overwrite``."""
-    differ = []
+def differing_manifests(new: dict, prompts_dir: str) -> list[tuple]:
+    """(split, path, old records or None) for each existing manifest that differs from ``new[split]``."""
+    out = []
     for split, recs in new.items():
         path = os.path.join(prompts_dir, f"{split}.json")
         if os.path.isfile(path):
@@ -328,8 +328,14 @@ def check_manifests(new: dict, prompts_dir: str, overwrite: bool) -> list:
                 except json.JSONDecodeError:
                     old = None
             if old != recs:
-                n_old = len(old) if isinstance(old, list) else "?"
-                differ.append(f"{path} ({n_old} records now, {len(recs)} new)")
+                out.append((split, path, old))
+    return out
+
+
+def check_manifests(new: dict, prompts_dir: str, overwrite: bool) -> list:
+    """Names of the splits whose existing manifest differs; raises unless ``overwrite``."""
+    differ = [f"{path} ({len(old) if isinstance(old, list) else '?'} records now, {len(new[split])} new)"
+              for split, path, old in differing_manifests(new, prompts_dir)]
     if differ and not overwrite:
         raise PrepareError("existing manifests differ from the ones this run would write: " + "; ".join(differ) +
                            ". They may hold prompts from make_prompts.py or another seed/source. Pass --overwrite "

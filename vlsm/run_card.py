@@ -4,12 +4,13 @@ and a short ``README.md`` model card.  ``models.model_from_checkpoint(RUN)`` loa
 another machine (with or without its .pth files)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 from importlib import metadata
+
+from datasets.manifest import file_sha256
 
 from .metrics import metric_card
 
@@ -41,14 +42,6 @@ def git_commit() -> dict:
         return {"commit": None}
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def dataset_manifests(ds) -> list[str]:
     """The manifest files behind a (possibly pooled) dataset."""
     parts = getattr(ds, "datasets", [ds])
@@ -77,7 +70,7 @@ def write_run_card(run_dir: str, model, args, threshold: float, manifests: list[
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     prov = {"seed": args.seed, "packages": package_versions(), "git": git_commit(),
-            "manifests": {os.path.abspath(m): sha256(m) for m in sorted(set(manifests))}}
+            "manifests": {os.path.abspath(m): file_sha256(m) for m in sorted(set(manifests))}}
     with open(os.path.join(run_dir, "provenance.json"), "w") as f:
         json.dump(prov, f, indent=2)
     with open(os.path.join(run_dir, "README.md"), "w") as f:

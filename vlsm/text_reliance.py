@@ -23,141 +23,22 @@ data: its own templates).
 """
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import os
 import random
-import re
 
-from datasets import prompt_templates as T
-from datasets import synthetic
 from datasets.manifest import load_manifest, swap_prompts, write_json_atomic
+from datasets.perturb import DEFAULT_ATTRIBUTES as ATTRIBUTES  # noqa: F401
+from datasets.perturb import KINDS, perturb_records  # noqa: F401
 
 from .metrics import metric_card
 from .scoring import score
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORDS_FILE = os.path.join(ROOT, "assets", "uncommon_words.txt")
-KINDS = ("random_word", "opposite", "drop")
-ATTRIBUTES = ("size", "colour", "shape", "location", "number")
 BASE_CONDITIONS = ("right", "empty", "other_target", "other_image", "gibberish")
 CONDITION_LABELS = {"right": "right prompt", "empty": "empty prompt", "other_target": "other target, same image",
                     "other_image": "prompt of another image", "gibberish": "gibberish (same length)"}
-AGE_SHIFT = 30
-
-
-# ----------------------------------------------------------------------------- perturbations
-
-
-def load_words(path: str = WORDS_FILE) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        words = [w.strip() for w in f if w.strip() and not w.startswith("#")]
-    if not words:
-        raise ValueError(f"{path} holds no words")
-    return words
-
-
-def _other_value(attribute: str, value, rng: random.Random):
-    if attribute == "age":
-        age = int(value)
-        return age + AGE_SHIFT if age + AGE_SHIFT <= 100 else age - AGE_SHIFT
-    opposite = T.OPPOSITES.get(attribute, {}).get(value)
-    if opposite is not None:
-        return opposite
-    choices = [v for v in T.VOCABULARY.get(attribute, ()) if v != value]
-    if not choices:
-        raise ValueError(f"no other value known for {attribute}={value!r}")
-    return rng.choice(choices)
-
-
-def _new_value(attribute: str, value, kind: str, rng: random.Random, words: list[str]):
-    """The perturbed value (None = drop the attribute)."""
-    if kind == "drop":
-        return None
-    if kind == "random_word":
-        word = rng.choice(words)
-        return [word] if isinstance(value, list) else word
-    if kind == "opposite":
-        return [_other_value(attribute, v, rng) for v in value] if isinstance(value, list) \
-            else _other_value(attribute, value, rng)
-    raise ValueError(f"unknown perturbation kind {kind!r}; choose from {', '.join(KINDS)}")
-
-
-_SYNTH_ADJECTIVES = {cls: adj for cls, (adj, _) in synthetic.SHAPES.items()}
-
-
-def _synthetic_prompts(obj: dict, attribute: str, new) -> dict:
-    """Synthetic prompts (class = shape name) with one attribute changed; ``shape`` is the shape adjective."""
-    if attribute == "shape":
-        adj = _SYNTH_ADJECTIVES[obj["shape"]]
-        old, repl = f"{adj} {obj['shape']}", f"{new} {obj['shape']}" if new else obj["shape"]
-        prompts = {k: ([t.replace(old, repl) for t in v] if isinstance(v, list) else v.replace(old, repl))
-                   for k, v in synthetic.prompts_for(obj).items()}
-    else:
-        prompts = synthetic.prompts_for({**obj, attribute: new if new is not None else "\0"})
-
-    def tidy(t: str) -> str:
-        t = re.sub(r",? located in the \0 of the image", "", t)
-        return " ".join(t.replace("\0", " ").split())
-
-    return {k: [tidy(t) for t in v] if isinstance(v, list) else tidy(v) for k, v in prompts.items()}
-
-
-def _perturb_synthetic(record: dict, attribute: str, kind: str, rng: random.Random, words: list[str]) -> dict:
-    obj = record.get("attributes") or {}
-    new = copy.deepcopy(record)
-    if attribute not in ("shape", "colour", "size", "location") or attribute not in obj:
-        new["perturbation"] = {"attribute": attribute, "kind": kind, "from": None, "to": None, "changed": False}
-        return new
-    value = _SYNTH_ADJECTIVES[obj["shape"]] if attribute == "shape" else obj[attribute]
-    if kind == "opposite" and attribute == "shape":
-        to = rng.choice(sorted(a for a in _SYNTH_ADJECTIVES.values() if a != value))
-    elif kind == "opposite" and attribute == "colour" and value not in T.OPPOSITES["colour"]:
-        to = rng.choice(sorted(c for c in synthetic.COLOURS if c != value))
-    else:
-        to = _new_value(attribute, value, kind, rng, words)
-    new["prompts"] = _synthetic_prompts(obj, attribute, to)
-    new["perturbation"] = {"attribute": attribute, "kind": kind, "from": value, "to": to, "changed": True}
-    return new
-
-
-def perturb_records(records: list[dict], dataset: str, attribute: str, kind: str, seed: int = 0,
-                    words: list[str] | None = None) -> list[dict]:
-    """Copies of ``records`` whose prompts are rebuilt from ``"attributes"`` with ``attribute`` changed by
-    ``kind`` (random_word: an uncommon word; opposite: the opposite value, or another value of the attribute;
-    drop: left out).  Each record gets ``"perturbation": {attribute, kind, from, to, changed}``; a record without
-    the attribute is kept with ``changed: false``.  The seed fixes every random choice."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown perturbation kind {kind!r}; choose from {', '.join(KINDS)}")
-    words = words or load_words()
-    rng = random.Random(f"{seed}:{attribute}:{kind}")
-    if dataset == "synthetic":
-        return [_perturb_synthetic(r, attribute, kind, rng, words) for r in records]
-    T.family_of(dataset)
-    out = []
-    for i, r in enumerate(records):
-        attrs = r.get("attributes")
-        if not isinstance(attrs, dict):
-            raise ValueError(f"{dataset} record {i} ({r.get('img_name', '?')}) has no 'attributes': perturbations "
-                             f"rebuild prompts from them; run `python make_prompts.py --data {dataset}` first")
-        new = copy.deepcopy(r)
-        value = attrs.get(attribute)
-        if value is None:
-            new["perturbation"] = {"attribute": attribute, "kind": kind, "from": None, "to": None, "changed": False}
-            out.append(new)
-            continue
-        changed = dict(attrs)
-        to = _new_value(attribute, value, kind, rng, words)
-        if to is None:
-            changed.pop(attribute)
-        else:
-            changed[attribute] = to
-        new["attributes"] = changed
-        new["prompts"] = T.build_prompts(dataset, changed)
-        new["perturbation"] = {"attribute": attribute, "kind": kind, "from": value, "to": to, "changed": True}
-        out.append(new)
-    return out
 
 
 def has_attributes(records: list[dict]) -> bool:
