@@ -71,7 +71,9 @@ def _shape_error(path: str, obj) -> ManifestError:
         kind = ("a COCO annotation file" if {"images", "annotations"} & set(obj) else
                 "a JSON object" + (f" with keys {keys}" if keys else ""))
         return ManifestError(f"manifest {path} is {kind}, not a list of records; expected {EXPECTED_SHAPE}. "
-                             f"Convert it with python -m datasets.make_manifest or datasets.import_manifests")
+                             f"Write such records yourself, or build them from folders of images and masks with "
+                             f"python -m datasets.make_manifest (the paper's manifests load as they are: "
+                             f"python -m datasets.import_manifests)")
     return ManifestError(f"manifest {path} must be {EXPECTED_SHAPE}; got {type(obj).__name__}")
 
 

@@ -79,8 +79,8 @@ def load_pretrained_clipseg(weights: str, what: str = "CLIPSeg weights", how_to_
         local_dir = repo.split("/")[-1]
         raise FileNotFoundError(
             f"could not load {what} '{weights}': {type(e).__name__}: {str(e).splitlines()[0]}\n"
-            f"If this machine is offline, download them elsewhere (`{download_command(repo, local_dir)}`), copy "
-            f"the folder here and pass {how_to_pass or f'--weights /path/to/{local_dir}'}; "
+            f"If this machine is offline, download them elsewhere (`{download_command(repo, local_dir)}`), then "
+            f"{how_to_pass or f'copy the folder here and pass --weights /path/to/{local_dir}'}; "
             f"or use random initialisation (--weights none).") from e
 
 

@@ -38,7 +38,9 @@ def load_pretrained_clipseg(source: str):
     """The pretrained CLIPSeg whose decoder seeds biomedclipseg_d (folder or hub id; clear error offline)."""
     local = Path(source).expanduser()
     return _load_clipseg(str(local) if local.exists() else source, what="pretrained CLIPSeg decoder",
-                         how_to_pass="clipseg_weights=FOLDER")
+                         how_to_pass="copy that machine's Hugging Face cache entry (~/.cache/huggingface/hub/"
+                                     "models--CIDAS--clipseg-rd64-refined, made by hf download without "
+                                     "--local-dir) into this machine's cache: biomedclipseg_d reads it from there")
 
 
 def copy_decoder_weights(target: nn.Module, source: nn.Module) -> dict[str, list[str]]:
