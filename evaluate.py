@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from models import model_from_checkpoint
 from vlsm import cli
-from vlsm.checkpoint import resolve_checkpoint
 from vlsm.runtime import pick_device
-from vlsm.scoring import score, threshold_on_val
+from vlsm.scoring import load_trained, score, threshold_on_val
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -47,21 +45,19 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args) -> dict:
     device = pick_device(args.device)
-    ckpt_path, run_dir = resolve_checkpoint(args.checkpoint, args.output_dir)
-    model, ckpt = model_from_checkpoint(ckpt_path, device)
-    targs = ckpt.get("args", {})
+    run = load_trained(args.checkpoint, args.output_dir, device, args.threshold)
+    model, ckpt_path, targs, threshold = run.model, run.path, run.args, run.threshold
     data = args.data or targs.get("data")
     prompt = args.prompt or targs.get("prompt", "p1")  # "random": one fixed non-empty key per record
     target = args.target or targs.get("target")        # a --target model is scored on its own class
     drop_duplicates = args.drop_duplicates or bool(targs.get("drop_duplicates"))
-    threshold = args.threshold if args.threshold is not None else ckpt.get("threshold", model.default_threshold)
     extra = {"checkpoint": ckpt_path}
     if threshold == "auto":
         threshold, extra["threshold_sweep"] = threshold_on_val(model, data, prompt, device, data_root=args.data_root,
                                                                prompts_root=args.prompts_root, target=target,
                                                                drop_duplicates=drop_duplicates)
         print(f"--threshold auto: {threshold} (best validation Dice {extra['threshold_sweep'][str(threshold)]:.4f})")
-    return score(model, data, args.split, prompt, threshold, device, eval_root=os.path.join(run_dir, "eval"),
+    return score(model, data, args.split, prompt, threshold, device, eval_root=os.path.join(run.run_dir, "eval"),
                  out=args.out, data_root=args.data_root, prompts_root=args.prompts_root, manifest=args.manifest,
                  all_prompts=args.all_prompts, swap_prompts=args.swap_prompts, batch_size=args.batch_size,
                  workers=args.workers, on_bad_sample=args.on_bad_sample, save_masks=args.save_masks, tag=args.tag,

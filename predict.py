@@ -27,12 +27,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets import BadSampleError, SegTransform, read_image
-from models import create_model, list_models, model_from_checkpoint, resolve_weights
+from models import create_model, list_models, resolve_weights
 from vlsm import cli
-from vlsm.checkpoint import new_dir, resolve_checkpoint
+from vlsm.checkpoint import new_dir
 from vlsm.figures import draw_outline
 from vlsm.metrics import upsample_logits
 from vlsm.runtime import forward_batch, pick_device
+from vlsm.scoring import load_trained
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 CSV_COLUMNS = ("image", "mask", "overlay", "width", "height", "area_px", "area_fraction", "bbox_x1", "bbox_y1",
@@ -142,9 +143,8 @@ def load_model(args, device):
     if args.checkpoint and args.model:
         raise ValueError("give either --checkpoint (a trained run) or --model/--weights, not both")
     if args.checkpoint:
-        ckpt_path, run_dir = resolve_checkpoint(args.checkpoint, args.output_dir)
-        model, ckpt = model_from_checkpoint(ckpt_path, device)
-        return model, ckpt.get("threshold", model.default_threshold), run_dir
+        run = load_trained(args.checkpoint, args.output_dir, device)
+        return run.model, run.threshold, run.run_dir
     if not args.model:
         raise ValueError("give --checkpoint RUN (a trained run), or --model NAME [--weights W] for a model "
                          "without a run folder")

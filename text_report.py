@@ -17,10 +17,10 @@ import argparse
 import os
 import time
 
-from models import model_from_checkpoint
 from vlsm import cli
-from vlsm.checkpoint import new_dir, resolve_checkpoint
+from vlsm.checkpoint import new_dir
 from vlsm.runtime import pick_device
+from vlsm.scoring import load_trained
 from vlsm.text_reliance import ATTRIBUTES, KINDS, format_report, text_reliance
 
 
@@ -45,10 +45,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args) -> list[dict]:
     device = pick_device(args.device)
-    ckpt_path, run_dir = resolve_checkpoint(args.checkpoint, args.output_dir)
-    model, ckpt = model_from_checkpoint(ckpt_path, device)
-    a = ckpt.get("args", {})
-    threshold = args.threshold if args.threshold is not None else ckpt.get("threshold", model.default_threshold)
+    run = load_trained(args.checkpoint, args.output_dir, device, args.threshold)
+    model, ckpt, ckpt_path, run_dir, a, threshold = run.model, run.ckpt, run.path, run.run_dir, run.args, run.threshold
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     bad = [k for k in kinds if k not in KINDS]
     if bad:

@@ -155,14 +155,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> str:
-    from models import model_from_checkpoint
-
-    from .checkpoint import resolve_checkpoint
+    from .scoring import load_trained
     device = pick_device(args.device)
-    ckpt_path, run_dir = resolve_checkpoint(args.checkpoint, args.output_dir)
-    model, ckpt = model_from_checkpoint(ckpt_path, device)
-    targs = ckpt.get("args", {})
-    threshold = args.threshold if args.threshold is not None else ckpt.get("threshold", model.default_threshold)
+    run = load_trained(args.checkpoint, args.output_dir, device, args.threshold)
+    model, run_dir, targs, threshold = run.model, run.run_dir, run.args, run.threshold
     out = showcase(model, args.data or targs.get("data", "synthetic"), args.prompt or targs.get("prompt", "p1"),
                    threshold, device, args.out or os.path.join(run_dir, "showcase.png"), split=args.split,
                    data_root=args.data_root or targs.get("data_root", "data"),

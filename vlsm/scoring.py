@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -14,10 +15,34 @@ from torch.utils.data import DataLoader
 
 import engine
 from datasets import build_dataset, collate, swap_dataset_prompts
+from models import model_from_checkpoint
 
-from .checkpoint import new_dir
+from .checkpoint import new_dir, resolve_checkpoint
 from .metrics import EMPTY_MASK_RULE, RESOLUTION, metric_card
 from .summary import summarize
+
+
+@dataclass
+class TrainedRun:
+    """A trained model loaded from ``--checkpoint`` (a run folder, a file or ``last``)."""
+    model: object
+    ckpt: dict
+    path: str        # the checkpoint file (or the copied run folder)
+    run_dir: str
+    threshold: object  # --threshold if given, else the run's, else the model's ("auto" passes through)
+
+    @property
+    def args(self) -> dict:
+        """The training options the run was started with."""
+        return self.ckpt.get("args", {})
+
+
+def load_trained(checkpoint: str, output_dir: str, device, threshold=None) -> TrainedRun:
+    path, run_dir = resolve_checkpoint(checkpoint, output_dir)
+    model, ckpt = model_from_checkpoint(path, device)
+    if threshold is None:
+        threshold = ckpt.get("threshold", model.default_threshold)
+    return TrainedRun(model, ckpt, path, run_dir, threshold)
 
 
 def results_name(data: str, split: str, prompt: str, manifest: str | None = None, swap_prompts: bool = False,

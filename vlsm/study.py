@@ -322,17 +322,9 @@ def _prepared(name: str, data_root: str, prompts_root: str) -> bool:
 
 
 def add_prompts(name: str, data_root: str, prompts_root: str, log=print) -> int:
-    """Attributes and P0..P9 for the records of a prepared photographic dataset whose manifests lack them
-    (the rules of ``make_prompts.py`` for the non-radiology family: mask attributes, colour under the mask,
-    the dataset's class name).  Returns the number of records updated."""
-    import numpy as np
-
-    from datasets import prompt_templates as T
-    from datasets.attributes import mask_attributes
-    from datasets.io import read_image, read_mask
-    if T.family_of(name) != "non_radiology":
-        raise StudyError(f"{name}: run `python make_prompts.py --data {name} --data-root {data_root} "
-                         f"--prompts-root {prompts_root}` (the study computes prompts for photographic datasets only)")
+    """Attributes and P0..P9 (``make_prompts.py``'s rules, ``datasets.prompt_builder``) for the records of a
+    prepared dataset whose manifests lack them.  Returns the number of records updated."""
+    from datasets.prompt_builder import process_manifest
     n = 0
     for split in DATASETS[name].splits:
         path = os.path.join(prompts_root, name, f"{split}.json")
@@ -340,16 +332,7 @@ def add_prompts(name: str, data_root: str, prompts_root: str, log=print) -> int:
         if all(isinstance(r.get("attributes"), dict) for r in records):
             continue
         t0 = time.time()
-        out = []
-        for r in records:
-            mask = read_mask(os.path.join(data_root, name, "masks", r["mask_name"]))
-            image, _ = read_image(os.path.join(data_root, name, "images", r["img_name"]))
-            attrs = mask_attributes(mask, np.asarray(image))
-            attrs["class_name"] = str(r.get("class_name") or T.CLASS_NAMES[name]).strip()
-            new = {**r, "attributes": attrs, "prompts": T.build_prompts(name, attrs)}
-            if new.get("bbox") is None:
-                new["bbox"] = attrs["bbox"]
-            out.append(new)
+        out = process_manifest(records, name, data_root, path)
         write_json_atomic(path, out)
         n += len(out)
         log(f"[study] {path}: attributes and prompts P0..P9 for {len(out)} records ({time.time() - t0:.0f} s)")
