@@ -38,11 +38,11 @@ from datasets import ManifestDataset, SegTransform, collate
 from datasets.cache import loader_workers
 from datasets.synthetic import generate
 from models import create_model
-from vlsm import cli
+from util.errors import run_cli
+from util.runtime import amp_dtype, pick_device, prepare_images, tokenize_cached
 from vlsm.feature_cache import FeatureCache
 from vlsm.losses import SegLoss
 from vlsm.optim import build_optimizer
-from vlsm.runtime import amp_dtype, pick_device, prepare_images, tokenize_cached
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MODELS = ("clipseg", "cris", "biomedclipseg", "unet", "unetplusplus", "deeplabv3plus")
@@ -412,4 +412,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    cli.run_cli(main, get_args_parser())
+    run_cli(main, get_args_parser())

@@ -3,7 +3,7 @@
 Conventions
 - Models return logits (B,1,h,w); the loss function upsamples them to the target size (vlsm.losses).
 - Metrics in ``evaluate`` are computed per image at the image's ORIGINAL size when the loader returns
-  ``orig_mask`` (vlsm.metrics: bilinear upsampling, sigmoid, threshold; empty-mask rule).
+  ``orig_mask`` (util.metrics: bilinear upsampling, sigmoid, threshold; empty-mask rule).
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vlsm.metrics import dice_iou_from_counts, score_at_sizes
-from vlsm.runtime import autocast, forward_batch, loss_is_finite
+from util.metrics import dice_iou_from_counts, score_at_sizes
+from util.runtime import autocast, forward_batch, loss_is_finite
 
 
 class NonFiniteLossError(ValueError):
@@ -90,8 +90,8 @@ def evaluate(model, loader, device, threshold: float = 0.5, amp: bool = False, l
     """Dice/IoU per image, at the original image size when the loader returns ``orig_mask``.
 
     Batched on the device: the images of a batch that share an original size are upsampled, thresholded and
-    counted together (vlsm.metrics.score_at_sizes); one host copy per batch.  Returns means/stds, ``sums``
-    (what vlsm.distributed adds up across processes) and the per-image rows when ``per_image`` (extra
+    counted together (util.metrics.score_at_sizes); one host copy per batch.  Returns means/stds, ``sums``
+    (what util.distributed adds up across processes) and the per-image rows when ``per_image`` (extra
     per-sample string fields of the batch, e.g. ``prompt_key``, are passed through).
     ``save_fn(batch_item, pred_bool)`` is called for every prediction at original size (used by --save-masks).
     """

@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 
+from util.errors import run_cli
+from util.runtime import pick_device
 from vlsm import cli
-from vlsm.runtime import pick_device
-from vlsm.scoring import load_trained, score, threshold_on_val
+from vlsm.loading import load_trained
+from vlsm.scoring import score, threshold_on_val
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -29,15 +31,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                                                                       "record, recorded in per_image.csv)"),
                                          cli.runtime_options(16),
                                          cli.output_options("write results to this new folder instead of "
-                                                            "<run>/eval/... (must not exist)")])
-    cli.checkpoint_option(p)
+                                                            "<run>/eval/... (must not exist)"),
+                                         cli.trained_run_options(output_dir=False)])
     g = p.add_argument_group("evaluation")
     g.add_argument("--all-prompts", action="store_true", help="for list-valued prompts, score every text "
                    "(default: the first one)")
     g.add_argument("--swap-prompts", action="store_true", help="control: give each record the prompt of another "
                    "target in the same image; a model that reads its prompt should score much lower")
-    g.add_argument("--threshold", type=cli.threshold_arg, default=None, help="probability threshold (default: from "
-                   "training), or 'auto': the best on the validation split, recorded in summary.json")
     g.add_argument("--save-masks", action="store_true", help="write predicted masks as PNG at original size")
     g.add_argument("--tag", default="", help="suffix for the results folder name")
     return p
@@ -65,4 +65,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    cli.run_cli(main, get_args_parser())
+    run_cli(main, get_args_parser())

@@ -26,9 +26,9 @@ import os
 from collections import Counter
 
 from datasets import prompt_templates as T
-from datasets.manifest import write_json_atomic
 from datasets.prompt_builder import family_for, process_manifest
-from vlsm.cli import run_cli
+from util.errors import run_cli
+from util.io import write_json_atomic
 
 #: Attributes summarised by ``--stats`` (in this order, when present).
 STATS_ATTRIBUTES = ("class_name", "number", "size", "location", "shape", "colour", "tumor_type",

@@ -17,7 +17,7 @@ run) with one attribute changed:
 Each record gets ``"perturbation": {"attribute", "kind", "from", "to", "changed"}``; a record
 without the attribute (e.g. an empty mask has no size) is kept unchanged with ``changed: false``.
 ``<out-dir>/<stem>__index.json`` lists the outputs and the source manifest (read by
-``scripts/perturbation_report.py``). The same ``--seed`` gives the same files.
+``results.py``). The same ``--seed`` gives the same files.
 """
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ import json
 import os
 
 from datasets import prompt_templates as T
-from datasets.manifest import write_json_atomic
 from datasets.perturb import (  # noqa: F401
     ALIASES,
     DEFAULT_ATTRIBUTES,
@@ -39,7 +38,8 @@ from datasets.perturb import (  # noqa: F401
     perturb_record,
     perturb_value,
 )
-from vlsm.cli import run_cli
+from util.errors import run_cli
+from util.io import write_json_atomic
 
 
 def get_args_parser() -> argparse.ArgumentParser:

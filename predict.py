@@ -15,7 +15,6 @@ are never overwritten.  Unreadable images are skipped and listed.
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import os
 import time
@@ -27,13 +26,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets import BadSampleError, SegTransform, read_image
-from models import create_model, list_models, resolve_weights
+from util.checkpoint import new_dir
+from util.errors import run_cli
+from util.io import write_csv_atomic
+from util.metrics import upsample_logits
+from util.runtime import forward_batch, pick_device
 from vlsm import cli
-from vlsm.checkpoint import new_dir
 from vlsm.figures import draw_outline
-from vlsm.metrics import upsample_logits
-from vlsm.runtime import forward_batch, pick_device
-from vlsm.scoring import load_trained
+from vlsm.loading import load_for_eval
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 CSV_COLUMNS = ("image", "mask", "overlay", "width", "height", "area_px", "area_fraction", "bbox_x1", "bbox_y1",
@@ -43,20 +43,10 @@ CSV_COLUMNS = ("image", "mask", "overlay", "width", "height", "area_px", "area_f
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("predict.py", add_help=add_help, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                parents=[cli.runtime_options(8)])
-    g = p.add_argument_group("model: a trained run (--checkpoint) or a model with weights (--model/--weights)")
-    cli.checkpoint_option(g, required=False)
-    g.add_argument("--model", default=None, choices=list_models(), help="model name, for use without a run folder")
-    g.add_argument("--weights", default="auto", help="with --model: hub id, local folder or file; auto = the "
-                   "model's pretrained weights (base) or random (tiny); 'none' = random init")
-    g.add_argument("--size", default="base", choices=["base", "tiny"], help="with --model: architecture size")
-    g.add_argument("--input-size", type=int, default=None, help="with --model: override the input size")
-    g.add_argument("--cris-checkpoint", default=None, help="with --model cris: a checkpoint of the original CRIS code")
+                                parents=[cli.runtime_options(8), cli.model_options()])
     g = p.add_argument_group("input and output")
     g.add_argument("--images", nargs="+", required=True, help="image files, folders or glob patterns")
     g.add_argument("--prompt", default="", help="the text prompt (ignored by text-free models)")
-    g.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the run's or "
-                   "the model's)")
     g.add_argument("--output-dir", default="runs", help="runs root (where train.py wrote last_run.txt)")
     g.add_argument("--out", default=None, help="output folder (must not exist); default <run>/predict/<timestamp>")
     g.add_argument("--no-overlay", action="store_true", help="do not write the outline overlays")
@@ -138,27 +128,11 @@ def mask_stats(prob: np.ndarray, mask: np.ndarray) -> dict:
     return out
 
 
-def load_model(args, device):
-    """(model, threshold, run folder or None) from --checkpoint or --model/--weights."""
-    if args.checkpoint and args.model:
-        raise ValueError("give either --checkpoint (a trained run) or --model/--weights, not both")
-    if args.checkpoint:
-        run = load_trained(args.checkpoint, args.output_dir, device)
-        return run.model, run.threshold, run.run_dir
-    if not args.model:
-        raise ValueError("give --checkpoint RUN (a trained run), or --model NAME [--weights W] for a model "
-                         "without a run folder")
-    cfg = {k: v for k, v in (("input_size", args.input_size), ("cris_checkpoint", args.cris_checkpoint)) if v}
-    model = create_model(args.model, weights=resolve_weights(args.model, args.weights, args.size), size=args.size,
-                         **cfg).to(device)
-    return model, model.default_threshold, None
-
-
 def main(args) -> str:
     device = pick_device(args.device)
-    model, threshold, run_dir = load_model(args, device)
-    if args.threshold is not None:
-        threshold = args.threshold
+    cli.fixed_threshold(args.threshold, "predict.py")
+    loaded = load_for_eval(args, device)
+    model, threshold, run_dir = loaded.model, loaded.threshold, loaded.run_dir
     stamp = time.strftime("%Y%m%d-%H%M%S")
     default = (os.path.join(run_dir, "predict", stamp) if run_dir
                else os.path.join(args.output_dir, "predict", args.model, stamp))
@@ -183,10 +157,7 @@ def main(args) -> str:
             Image.fromarray(draw_outline(rgb, mask)).save(os.path.join(out, overlay_file))
         rows.append({"image": path, "mask": mask_file, "overlay": overlay_file, "width": rgb.shape[1],
                      "height": rgb.shape[0], **mask_stats(prob, mask), "prompt": args.prompt, "threshold": threshold})
-    with open(os.path.join(out, "predictions.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv_atomic(os.path.join(out, "predictions.csv"), rows, CSV_COLUMNS)
     for s in skipped:
         print(f"skipped: {s}")
     print(f"wrote {len(rows)} masks{'' if args.no_overlay else ' and overlays'} for prompt {args.prompt!r} "
@@ -195,4 +166,4 @@ def main(args) -> str:
 
 
 if __name__ == "__main__":
-    cli.run_cli(main, get_args_parser())
+    run_cli(main, get_args_parser())

@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from vlsm import cli
-from vlsm.report import write_report
+from util.errors import run_cli
+from vlsm.results import write_report
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -42,4 +42,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    cli.run_cli(main, get_args_parser())
+    run_cli(main, get_args_parser())

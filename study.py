@@ -12,7 +12,9 @@ Cells (fine-tuning runs with their evaluation steps, or zero-shot model x datase
 <output_dir>/cells/<cell id>/ with cell.json, run/ (the training run and its eval/ results), done.json (finished),
 failed.json (the last error; the cell runs again on the next start) and running.json (while a process holds it).
 A cell interrupted half-way continues from its first missing step; its training resumes from the last finished
-epoch.  The study file format is in docs/studies.md.  The report (results.py) goes to <output_dir>/results/.
+epoch; a marker or summary that cannot be read counts as missing (the restart names it).  A zero-shot CRIS cell
+without cris_checkpoint is refused, as zeroshot.py refuses it.  The study file format and the steps are in
+docs/studies.md.  The report (results.py) goes to <output_dir>/results/.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import argparse
 import os
 import sys
 
-from vlsm import cli
+from util.errors import run_cli
 from vlsm import study as S
 
 
@@ -58,13 +60,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def report(study) -> dict:
-    from vlsm.report import write_report
+    from vlsm.results import write_report
     cells_dir = os.path.join(study.root, "cells")
     if not os.path.isdir(cells_dir):
         raise FileNotFoundError(f"{cells_dir} does not exist: run the study first")
     written = write_report(cells_dir, os.path.join(study.root, "results"), title=f"Study {study.name}")
     print(f"[study] report: {written['markdown']} ({len(written['tables'])} tables, {len(written['plots'])} plots), "
-          f"{written['csv']}")
+          f"{written['csv']}" + (f"; {len(written['unreadable'])} results files could not be read (listed there)"
+                                 if written["unreadable"] else ""))
     return written
 
 
@@ -80,6 +83,7 @@ def main(args) -> list[dict]:
         return []
     if not cells:
         raise ValueError(f"no cell of {args.study} matches --only {' '.join(args.only)}")
+    S.check_refused(cells)
     states = {c.id: S.cell_status(study, c) for c in cells}
     changed = [c for c in cells if states[c.id]["state"] == "changed"]
     if changed:
@@ -124,4 +128,4 @@ def main(args) -> list[dict]:
 
 
 if __name__ == "__main__":
-    cli.run_cli(main, get_args_parser())
+    run_cli(main, get_args_parser())

@@ -17,19 +17,20 @@ import argparse
 import os
 import time
 
+from datasets.perturb import DEFAULT_ATTRIBUTES as ATTRIBUTES
+from datasets.perturb import KINDS
+from util.checkpoint import new_dir
+from util.errors import run_cli
+from util.runtime import pick_device
 from vlsm import cli
-from vlsm.checkpoint import new_dir
-from vlsm.runtime import pick_device
-from vlsm.scoring import load_trained
-from vlsm.text_reliance import ATTRIBUTES, KINDS, format_report, text_reliance
+from vlsm.loading import load_trained
+from vlsm.text_report import format_report, text_reliance
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("text_report.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                parents=[cli.runtime_options(16)])
-    cli.checkpoint_option(p)
-    p.add_argument("--output-dir", default="runs", help="runs root (where train.py wrote last_run.txt)")
+                                parents=[cli.runtime_options(16), cli.trained_run_options(auto_threshold=False)])
     p.add_argument("--data", default=None, help="dataset (default: the run's; pooled data: each of its datasets)")
     p.add_argument("--split", default="test", help="split to score (default test)")
     p.add_argument("--prompt", default=None, help="prompt key (default: the training prompt; 'random' -> p1)")
@@ -38,14 +39,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--attributes", default=",".join(ATTRIBUTES), help="attributes to perturb (comma-separated)")
     p.add_argument("--kinds", default="opposite", help=f"perturbation kinds (comma-separated, from {', '.join(KINDS)})")
     p.add_argument("--seed", type=int, default=0, help="seed of the gibberish and the perturbations")
-    p.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the run's)")
     p.add_argument("--out", default=None, help="output folder (must not exist)")
     return p
 
 
 def main(args) -> list[dict]:
     device = pick_device(args.device)
-    run = load_trained(args.checkpoint, args.output_dir, device, args.threshold)
+    threshold = cli.fixed_threshold(args.threshold, "text_report.py")
+    run = load_trained(args.checkpoint, args.output_dir, device, threshold)
     model, ckpt, ckpt_path, run_dir, a, threshold = run.model, run.ckpt, run.path, run.run_dir, run.args, run.threshold
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     bad = [k for k in kinds if k not in KINDS]
@@ -72,4 +73,4 @@ def main(args) -> list[dict]:
 
 
 if __name__ == "__main__":
-    cli.run_cli(main, get_args_parser())
+    run_cli(main, get_args_parser())

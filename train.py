@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from vlsm.cli import run_cli, train_options
+from util.errors import run_cli
+from vlsm.cli import train_options
 from vlsm.training import run_training
 
 

@@ -13,7 +13,7 @@ One cache folder per (dataset, manifest, input size, decode mode) under a cache 
                      records that could not be read (--on-bad-sample skip); written last
 
 The pixels are exactly those of the per-sample path (``SegTransform.resize`` after ``ManifestDataset.load``);
-normalisation happens on the device (``vlsm.runtime.prepare_images``).
+normalisation happens on the device (``util.runtime.prepare_images``).
 
 Trust rules: a folder is used only when its ``meta.json`` exists, has this version, the same size, decode
 mode and manifest hash, every data file has its expected length and every source file still has the size and

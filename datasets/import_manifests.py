@@ -38,9 +38,10 @@ import os
 import time
 import warnings
 
-from vlsm.cli import run_cli
+from util.errors import run_cli
+from util.io import file_sha256, write_json_atomic
 
-from .manifest import ManifestError, ManifestWarning, file_sha256, load_manifest, write_json_atomic
+from .manifest import ManifestError, ManifestWarning, load_manifest
 from .prepare import differing_manifests
 from .registry import DATASETS
 

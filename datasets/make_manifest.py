@@ -49,10 +49,12 @@ import shutil
 import time
 from collections import defaultdict
 
-from vlsm.cli import run_cli
+from util.errors import run_cli
+from util.io import write_json_atomic
 
-from .manifest import ManifestError, load_manifest, write_json_atomic
+from .manifest import ManifestError, load_manifest
 from .prompt_builder import attributes_from, default_descriptions, with_prompts
+from .prompt_templates import ALL_PROMPT_KEYS
 from .registry import ALL_SPLITS, DATASETS, DatasetInfo, get_dataset, user_registry_path
 from .validate import PairError, check_pair
 
@@ -169,7 +171,6 @@ def pair_files(images_dir: str, masks_dir: str, suffixes: tuple = MASK_SUFFIXES)
 
 
 # ------------------------------------------------------------------------------------------------ prompts
-PROMPT_KEYS = tuple(f"p{i}" for i in range(10))
 
 
 def read_prompt_csv(path: str) -> tuple[dict, list]:
@@ -191,7 +192,7 @@ def read_prompt_csv(path: str) -> tuple[dict, list]:
     if "prompt" in header:
         cols = {"p1": header.index("prompt")}
     else:
-        cols = {k: header.index(k) for k in PROMPT_KEYS if k in header}
+        cols = {k: header.index(k) for k in ALL_PROMPT_KEYS if k in header}
         if not cols:
             raise ValueError(f"--prompts {path}: no 'prompt' or 'p0'..'p9' column in the header {rows[0]}")
     img_col = header.index("image")

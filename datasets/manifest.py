@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 import warnings
 from dataclasses import dataclass
 
@@ -136,33 +135,6 @@ def load_manifest(path: str, drop_duplicates: bool = False, allow_empty: bool = 
             later = {j for _, j in dupes}
             records = [r for i, r in enumerate(records) if i not in later]
     return records
-
-
-def file_sha256(path: str) -> str:
-    """sha256 of a file's bytes (provenance of manifests)."""
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_json_atomic(path: str, obj, ensure_ascii: bool = True) -> None:
-    """Write JSON (indent 1, trailing newline) through a temporary file in the same folder and ``os.replace``:
-    a manifest is never half-written, and a failed write leaves the old one and no temporary file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, ensure_ascii=ensure_ascii)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def nonempty_keys(prompts: dict) -> list[str]:

@@ -1,6 +1,6 @@
 """Prompt perturbations (the paper's Figure 3): rebuild a record's prompts from its ``"attributes"`` with one
 attribute changed.  One library form shared by ``perturb_prompts.py``, the study runner and the text-reliance
-report (vlsm.text_reliance).
+report (vlsm.text_report).
 
 * ``random_word``: the value becomes one uncommon English word from ``assets/uncommon_words.txt``
   (a per-target list becomes a one-word list);
@@ -30,6 +30,11 @@ ALIASES = {"color": "colour", "quality": "image_quality", "tumour_type": "tumor_
 WORD_LIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
                          "uncommon_words.txt")
 AGE_SHIFT = 30  # "another" age: 30 years older (younger when that would pass 100)
+
+
+def has_attributes(records: list[dict]) -> bool:
+    """Whether every record carries the ``"attributes"`` the perturbations rebuild prompts from."""
+    return all(isinstance(r.get("attributes"), dict) for r in records)
 
 
 def load_words(path: str = WORD_LIST) -> list[str]:

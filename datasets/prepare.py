@@ -71,10 +71,10 @@ from PIL import Image
 from datasets.attributes import bounding_box
 from datasets.converters.common import COPY_EXTS, Conversion, PrepareError, Sample, read_array, to_uint8
 from datasets.io import BadSampleError, read_mask
-from datasets.manifest import write_json_atomic
 from datasets.registry import DATASETS
 from datasets.validate import PairError, check_image, check_mask
-from vlsm.cli import run_cli
+from util.errors import run_cli
+from util.io import write_json_atomic
 
 CONVERTERS = {n: d.converter for n, d in DATASETS.items() if d.converter}
 

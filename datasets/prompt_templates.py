@@ -60,7 +60,10 @@ GENERAL_DESCRIPTIONS = {
     ),
 }
 
-PROMPT_KEYS = {"non_radiology": [f"p{i}" for i in range(10)],
+#: Every prompt key of the paper, P0 (empty) to P9.
+ALL_PROMPT_KEYS = tuple(f"p{i}" for i in range(10))
+#: The keys each prompt family defines.
+PROMPT_KEYS = {"non_radiology": list(ALL_PROMPT_KEYS),
                "busi": [f"p{i}" for i in range(7)],
                "camus": [f"p{i}" for i in range(8)],
                "chexlocalize": [f"p{i}" for i in range(7)]}

@@ -18,7 +18,9 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .manifest import load_manifest, write_json_atomic
+from util.io import write_json_atomic
+
+from .manifest import load_manifest
 from .prompt_templates import location_word
 
 SHAPES = {  # class name -> (shape adjective used as the "shape" attribute, general descriptions)

@@ -6,7 +6,7 @@ brightness/contrast, so prompts that name colour, size or location stay true.
 
 Two outputs, one resize rule: ``__call__`` gives a normalised float image (the per-sample path), ``resize``
 the uint8 image and {0,1} mask at the model size that the data cache stores (datasets/cache.py); the cached
-path normalises on the device (``vlsm.runtime.prepare_images``) and augments the uint8 tensor with
+path normalises on the device (``util.runtime.prepare_images``) and augments the uint8 tensor with
 ``augment_uint8``, drawing the same random numbers in the same order as ``__call__``.
 """
 from __future__ import annotations

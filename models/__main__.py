@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from vlsm.cli import run_cli
+from util.errors import run_cli
 
 from .registry import MODEL_SPECS, create_model
 

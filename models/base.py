@@ -5,10 +5,17 @@ vision-language models) tokenized prompts, and returns **logits** of shape
 ``(B, 1, h, w)``.  ``h, w`` may be smaller than the input (CRIS gives 1/4); the
 engine upsamples bilinearly for the loss and to each image's original size for
 metrics.  Tokenization happens in the main process via ``model.tokenize``.
+
+Every model is also its three parts, as timm's ``forward_features`` / ``forward_head``:
+``encode_image(pixel_values)`` -> image features, ``encode_text(input_ids, attention_mask)`` -> text features
+(``None`` for text-free models), ``decode(image_features, text_features)`` -> logits; ``forward`` is exactly
+``decode(encode_image(x), encode_text(ids, mask))``.  Features are a tensor or a (nested) tuple/list of tensors,
+batch first; what they hold is the model's business (docs/models.md, "Encoders and decoder as methods").  The
+frozen-encoder feature cache and multi-prompt inference (``decode_prompts``) build on these three methods only.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -19,13 +26,38 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # CLIPSeg's processor and the ImageNet CN
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def map_features(fn: Callable[[torch.Tensor], Any], features):
+    """``features`` with ``fn`` applied to each of its tensors: same nesting of tuples/lists, ``None`` stays
+    ``None``.  Tensors are visited in a fixed order (depth first), the order of :func:`feature_tensors`."""
+    if features is None:
+        return None
+    if isinstance(features, (tuple, list)):
+        return type(features)(map_features(fn, f) for f in features)
+    return fn(features)
+
+
+def feature_tensors(features) -> list[torch.Tensor]:
+    """The tensors of ``features``, flattened in the order :func:`map_features` visits them."""
+    out: list[torch.Tensor] = []
+    map_features(out.append, features)
+    return out
+
+
+def feature_batch_size(features) -> int | None:
+    """The batch size of ``features`` (that of its first tensor); ``None`` when there is no tensor."""
+    tensors = feature_tensors(features)
+    return tensors[0].shape[0] if tensors else None
+
+
 class SegModel(nn.Module):
     """Base class: adds tokenization, freezing and metadata to an ``nn.Module``.
 
     Subclasses set ``input_size``, ``image_mean``, ``image_std``, ``tokenizer``
     (a picklable callable ``list[str] -> {"input_ids", "attention_mask"}``, or
-    ``None`` for text-free models) and implement ``forward``,
-    ``image_encoder_modules`` and ``text_encoder_modules``.
+    ``None`` for text-free models) and implement ``encode_image``, ``encode_text``
+    (text models), ``decode``, ``image_encoder_modules`` and ``text_encoder_modules``.
+    ``forward`` composes the three parts; a subclass that overrides it (extra
+    checks or batch fields) must keep it equal to that composition.
     """
 
     name: str = "base"
@@ -93,9 +125,61 @@ class SegModel(nn.Module):
             m.eval()
         return self
 
+    # ---- encoders and decoder ------------------------------------------------------
+    def encode_image(self, pixel_values: torch.Tensor):
+        """Image features: whatever ``decode`` needs from the image (a tensor or a tuple/list of tensors,
+        batch first).  A frozen image encoder computes them without autograd."""
+        raise NotImplementedError(f"model '{self.name}' does not implement encode_image")
+
+    def encode_text(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None = None):
+        """Text features: whatever ``decode`` needs from the prompts (batch first); ``None`` for a text-free
+        model, which is what this default gives."""
+        return None
+
+    def decode(self, image_features, text_features) -> torch.Tensor:
+        """Logits ``(B, 1, h, w)`` from the features of ``encode_image`` and ``encode_text`` (same batch B)."""
+        raise NotImplementedError(f"model '{self.name}' does not implement decode")
+
+    def check_inputs(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None) -> None:
+        """A text model needs one prompt per image: a clear error instead of a shape error deep inside."""
+        if not self.uses_text:
+            return
+        if input_ids is None:
+            raise ValueError(f"{type(self).__name__} needs a text prompt (input_ids, from model.tokenize(texts)); "
+                             f"use prompt p0 for an empty prompt")
+        if input_ids.shape[0] != pixel_values.shape[0]:
+            raise ValueError(f"got {pixel_values.shape[0]} images but {input_ids.shape[0]} prompts "
+                             f"(one image with N prompts: decode_prompts)")
+
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        """Logits ``(B, 1, h, w)``: ``decode(encode_image(pixel_values), encode_text(input_ids, attention_mask))``."""
+        self.check_inputs(pixel_values, input_ids)
+        return self.decode(self.encode_image(pixel_values), self.encode_text(input_ids, attention_mask))
+
+    # ---- one image, many prompts ------------------------------------------------------
+    def expand_image_features(self, image_features, n: int):
+        """Image features of batch 1 repeated ``n`` times along the batch (``expand``: views, no copy; read them,
+        do not write into them)."""
+        b = feature_batch_size(image_features)
+        if b != 1:
+            raise ValueError(f"expand_image_features needs image features of batch 1, got batch {b}")
+        return map_features(lambda t: t.expand(n, *t.shape[1:]), image_features)
+
+    def decode_prompts(self, image_features, text_features) -> torch.Tensor:
+        """Logits for image features of batch 1 (or N) with text features of batch N: ``(N, 1, h, w)``.
+
+        The image is encoded once (``encode_image`` on one image) and its features are broadcast to the N
+        prompts, so decoding N prompts costs N decodes, not N image encodings.  Equal, within float rounding,
+        to ``forward`` on the image repeated N times with the N prompts."""
+        n = feature_batch_size(text_features)
+        b = feature_batch_size(image_features)
+        if n is not None and b != n:
+            if b != 1:
+                raise ValueError(f"decode_prompts: image features of batch {b} cannot go with {n} prompts "
+                                 f"(give one image, or one image per prompt)")
+            image_features = self.expand_image_features(image_features, n)
+        return self.decode(image_features, text_features)
 
     # ---- bookkeeping --------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:

@@ -103,29 +103,24 @@ class CLIPSeg(SegModel):
     def text_encoder_modules(self) -> list[nn.Module]:
         return [self.hf.clip.text_model, self.hf.clip.text_projection]
 
-    def vision_activations(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    def encode_image(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """The tapped activations: ``hidden_states[i + 1]`` for each ``i`` in ``extract_layers``, [B, 1 + N, D]
+        each (the CLS token and the patch tokens; the decoder needs nothing else from the image)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen["image"]):
             out = self.hf.clip.vision_model(pixel_values=pixel_values, output_hidden_states=True,
                                             interpolate_pos_encoding=True, return_dict=True)
         return [out.hidden_states[i + 1] for i in self.extract_layers]
 
-    def text_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The conditional embedding: CLIP's projected text embedding (pooled EOT token), [B, projection_dim]."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen["text"]):
             out = self.hf.clip.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
             return self.hf.clip.text_projection(out.pooler_output)
 
-    def forward(self, pixel_values, input_ids=None, attention_mask=None):
-        if input_ids is None:
-            raise ValueError("CLIPSeg needs a text prompt (input_ids); use prompt p0 for an empty prompt")
-        if input_ids.shape[0] != pixel_values.shape[0]:
-            raise ValueError(f"got {pixel_values.shape[0]} images but {input_ids.shape[0]} prompts")
-        return self.decode(self.vision_activations(pixel_values), self.text_embedding(input_ids, attention_mask))
-
-    def decode(self, activations: list[torch.Tensor], cond: torch.Tensor) -> torch.Tensor:
-        """The decoder alone: tapped activations + text embedding -> logits (B, 1, h, w).  With both encoders
-        frozen their outputs can be computed once and cached (vlsm/feature_cache.py)."""
-        logits = self.hf.decoder(activations, cond).logits
-        return logits.reshape(cond.shape[0], 1, logits.shape[-2], logits.shape[-1])
+    def decode(self, image_features: list[torch.Tensor], text_features: torch.Tensor) -> torch.Tensor:
+        """The CLIPSeg decoder: tapped activations + conditional embedding -> logits (B, 1, h, w)."""
+        logits = self.hf.decoder(image_features, text_features).logits
+        return logits.reshape(text_features.shape[0], 1, logits.shape[-2], logits.shape[-1])
 
 
 def build_clipseg(weights: str | None = None, size: str = "base", input_size: int | None = None,

@@ -28,7 +28,7 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 
-from vlsm.cli import run_cli
+from util.errors import run_cli
 
 from .registry import BIOMEDCLIP_HUB_ID, CLIPSEG_HUB_ID, MODEL_SPECS, get_spec
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
-from vlsm.checkpoint import load_checkpoint
+from util.checkpoint import load_checkpoint
 
 from .base import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, SegModel
 
@@ -48,7 +48,7 @@ CRIS_PRESETS = {"midl": CRIS_MIDL, "medvlsm-code": CRIS_CODE, "arxiv": CRIS_ARXI
 CNN_PRESETS = {"midl": CNN_MIDL, "medvlsm-code": CNN_CODE, "arxiv": CNN_ARXIV}
 VLSM_PRESETS = CLIPSEG_PRESETS  # the CLIPSeg family: clipseg, biomedclipseg, biomedclipseg_d
 
-_M, _X, _G = "MIDL 2024", "arXiv", "medvlsm code"
+_M, _X = "MIDL 2024", "arXiv"
 #: (family, setting) -> {preset: source}; families "CLIPSeg family", "CRIS", "CNNs" (docs/presets.md).
 PRESET_SOURCES = {
     ("CLIPSeg family", "optimizer"): {"midl": f"{_M} Sec. 2.4", "medvlsm-code": "configs/model/clipseg.yaml",
@@ -154,11 +154,6 @@ def preset_table() -> str:
         cells = [f"**{value(get_preset(model, p), setting)}**: {sources[p]}" for p in PRESET_NAMES]
         lines.append(f"| {family} | {setting} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def preset_summary(preset: dict) -> str:
-    """One line of resolved settings, printed at the start of a run."""
-    return ", ".join(f"{k}={preset[k]}" for k in PRESET_KEYS if k in preset)
 
 
 BIOMEDCLIP_HUB_ID = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"

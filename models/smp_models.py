@@ -27,7 +27,7 @@ import os
 import torch
 from torch import nn
 
-from vlsm.checkpoint import read_state_dict
+from util.checkpoint import read_state_dict
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, SegModel
 from .hub import download_command, hub_file
@@ -57,16 +57,28 @@ class SMPSegModel(SegModel):
         self.net = net
         self.input_size = int(input_size)
         self.class_names = tuple(class_names) if class_names else None
-        # vlsm.runtime.forward_batch passes these batch fields to forward (the record's class channel)
+        # util.runtime.forward_batch passes these batch fields to forward (the record's class channel)
         self.batch_fields = ("target_index",) if self.class_names else ()
 
     def image_encoder_modules(self) -> list[nn.Module]:
         return [self.net.encoder]
 
+    def encode_image(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """The smp encoder's features: the input itself, then one map per stage (strides 1, 2, 4, ...)."""
+        if not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+            self.net.check_input_shape(pixel_values)  # sides divisible by the output stride, as smp's forward
+        return self.net.encoder(pixel_values)
+
+    def decode(self, image_features: list[torch.Tensor], text_features=None) -> torch.Tensor:
+        """smp's decoder and segmentation head -> logits (B, classes, S, S); the text features (None) are ignored."""
+        return self.net.segmentation_head(self.net.decoder(image_features))
+
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, target_index: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        logits = self.net(pixel_values)  # [B, classes, S, S]
+        """``decode(encode_image(pixel_values), None)`` (what smp's own forward computes); with ``target_index``
+        each record's own class channel (B, 1, S, S)."""
+        logits = self.decode(self.encode_image(pixel_values), self.encode_text(input_ids, attention_mask))
         if target_index is None:
             return logits
         idx = torch.as_tensor(target_index, device=logits.device).long().view(-1, 1, 1, 1)

@@ -13,7 +13,7 @@ from PIL import Image
 from datasets import ManifestDataset, SegTransform, collate
 from datasets.cache import CACHE_VERSION, CacheError, DataCache, enable_cache
 from datasets.io import BadSampleError
-from vlsm.runtime import prepare_images, tokenize_cached
+from util.runtime import prepare_images, tokenize_cached
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -17,7 +17,7 @@ WORKER = r'''
 import json, os, sys
 sys.path.insert(0, {root!r})
 import engine
-from vlsm import distributed
+from util import distributed
 from vlsm.training import default_args, run_training
 
 common = json.loads({common!r})

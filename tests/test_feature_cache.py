@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from models import create_model
-from vlsm.feature_cache import FeatureCacheError, adapter_for, check_usable
+from vlsm.feature_cache import FeatureCache, FeatureCacheError, check_usable
 from vlsm.training import default_args, run_training
 
 
@@ -13,16 +13,15 @@ def test_decoder_from_cached_features_equals_the_forward_pass(name, size):
     torch.manual_seed(0)
     model = create_model(name, size="tiny", input_size=size, freeze_image_encoder=True,
                          freeze_text_encoder=True).eval()
-    adapter = adapter_for(model)
+    cache = FeatureCache(model, torch.device("cpu"))
     x = torch.randn(3, 3, size, size)
-    tok = model.tokenize(["red round circle", "blue square", "a green triangle on the left"])
+    texts = ["red round circle", "blue square", "a green triangle on the left"]
     with torch.no_grad():
-        ref = model(x, **tok)
-        # features of each image / prompt computed alone, then stacked: what the cache does
-        img = [torch.cat(f) for f in zip(*[adapter.image(model, x[i:i + 1]) for i in range(3)])]
-        txt = [torch.cat(f) for f in zip(*[adapter.text(model, {k: v[i:i + 1] for k, v in tok.items()})
-                                           for i in range(3)])]
-        got = adapter.decode(model, img, txt)
+        ref = model(x, **model.tokenize(texts))
+        # features of each image / prompt computed alone, flattened, then stacked: what the cache does
+        img = [torch.cat(f) for f in zip(*[cache._encode_images(x[i:i + 1]) for i in range(3)])]
+        txt = [torch.cat(f) for f in zip(*[cache._encode_texts([t]) for t in texts])]
+        got = cache.decoder(**{f"img{i}": f for i, f in enumerate(img)}, **{f"txt{i}": f for i, f in enumerate(txt)})
     assert got.shape == ref.shape
     assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4), (got - ref).abs().max()
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from datasets.import_manifests import ImportError_, get_args_parser, import_manifests, main
 from datasets.manifest import ManifestError, ManifestWarning, load_manifest
-from vlsm.cli import run_cli
+from util.errors import run_cli
 
 ANNS = os.path.join(SHARED_ROOT, "reference", "medvlsm_anns")
 W, H = 40, 30

@@ -21,7 +21,7 @@ from datasets import build_dataset
 from datasets.make_manifest import get_args_parser, main, split_counts
 from datasets.manifest import ManifestError, load_manifest
 from datasets.registry import dataset_names, get_dataset, parse_names
-from vlsm.cli import run_cli
+from util.errors import run_cli
 
 KVASIR = os.path.join(SHARED_DATA, "kvasir_seg")
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)

@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from util.metrics import dice_iou, upsample_logits
 from vlsm.losses import SegLoss, soft_dice_loss
-from vlsm.metrics import dice_iou, upsample_logits
 
 
 def test_dice_iou_on_known_masks():
@@ -89,7 +89,7 @@ def test_dice_resize_invariance(h, w, scale):
 
 # ----------------------------------------------------------------------------- batched metrics (engine.evaluate)
 
-from vlsm.metrics import batch_dice_iou, mask_at_size, score_at_sizes  # noqa: E402
+from util.metrics import batch_dice_iou, mask_at_size, score_at_sizes  # noqa: E402
 
 
 @settings(max_examples=40, deadline=None)
@@ -139,7 +139,7 @@ def test_evaluate_rows_keep_their_keys_and_pass_extra_fields_through():
     keys = ["dataset", "img_name", "mask_name", "prompt", "dice", "iou", "gt_pixels", "pred_pixels", "inter_pixels",
             "pixels", "prompt_key"]
     assert [list(r) for r in res["rows"]] == [keys, keys]
-    from vlsm.runtime import prepare_images
+    from util.runtime import prepare_images
     x = prepare_images(batch["image"], Const(), torch.device("cpu"))  # uint8 is normalised on the device
     assert torch.allclose(x, (batch["image"].float() / 255 - 0.5) / 0.25, atol=1e-6)
     for i, r in enumerate(res["rows"]):

@@ -18,7 +18,7 @@ from PIL import Image
 from datasets.converters.common import PrepareError
 from datasets.io import read_mask as load_mask
 from datasets.prepare import PAPER_COUNTS, get_args_parser, main, prepare, scaled_counts
-from vlsm.cli import run_cli
+from util.errors import run_cli
 
 W, H = 40, 30
 from conftest import SHARED_DATA as SHARED  # noqa: E402

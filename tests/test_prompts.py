@@ -1,8 +1,6 @@
 """Tests for prompt attributes, templates, make_prompts.py, perturb_prompts.py and the perturbation report."""
 from __future__ import annotations
 
-import csv
-import importlib.util
 import json
 import os
 import sys
@@ -22,11 +20,6 @@ import make_prompts  # noqa: E402
 import perturb_prompts  # noqa: E402
 from datasets import attributes as A  # noqa: E402
 from datasets import prompt_templates as T  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location("perturbation_report",
-                                               os.path.join(ROOT, "scripts", "perturbation_report.py"))
-report = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(report)
 
 KVASIR = os.path.join(SHARED_DATA, "kvasir_seg")
 
@@ -441,55 +434,6 @@ def test_perturb_cli_deterministic(tmp_path):
     bare = _manifest(str(tmp_path / "prompts"), "kvasir", "bare", [{"img_name": "a.png"}])
     with pytest.raises(ValueError, match="run `python make_prompts.py"):
         perturb_prompts.main(perturb_prompts.get_args_parser().parse_args(["--manifest", bare, "--out", other]))
-
-
-# ----------------------------------------------------------------------------- report
-def test_perturbation_report(tmp_path, capsys):
-    src = _manifest(str(tmp_path / "prompts"), "kvasir", "test", _records())
-    pert_dir = tmp_path / "pert"
-    perturb_prompts.main(perturb_prompts.get_args_parser().parse_args(
-        ["--manifest", src, "--out", str(pert_dir), "--attributes", "size,location", "--kinds", "opposite,drop"]))
-    sums = tmp_path / "sums"
-    sums.mkdir()
-
-    def summary(name, manifest, dice, prompt="p6", model="cris"):
-        with open(sums / name, "w") as f:
-            json.dump({"dice_mean": dice, "dice_std": 0.1, "iou_mean": dice - 0.1, "n": 3,
-                       "manifest": manifest, "prompt": prompt, "model": model}, f)
-
-    summary("base.json", src, 0.80)
-    summary("base_clipseg.json", src, 0.50, model="clipseg")
-    summary("size_opp.json", str(pert_dir / "test__size__opposite.json"), 0.60)
-    summary("loc_drop.json", str(pert_dir / "test__location__drop.json"), 0.84)
-    summary("clip_size_opp.json", str(pert_dir / "test__size__opposite.json"), 0.45, model="clipseg")
-    summary("orphan.json", str(pert_dir / "test__size__drop.json"), 0.7, prompt="p9")
-    (sums / "notes.json").write_text('{"hello": 1}')  # not a summary: skipped
-    out_csv = tmp_path / "rep.csv"
-    rows = report.main(report.get_args_parser().parse_args([str(sums), "--csv", str(out_csv)]))
-    got = {(r["group"], r["attribute"], r["kind"]): r["relative_change_pct"] for r in rows}
-    assert got[("cris", "size", "opposite")] == pytest.approx(-25.0)
-    assert got[("cris", "location", "drop")] == pytest.approx(5.0)
-    assert got[("clipseg", "size", "opposite")] == pytest.approx(-10.0)
-    assert len(rows) == 3  # the p9 summary has no p9 baseline
-    captured = capsys.readouterr()
-    assert "no baseline summary" in captured.err and "-25.00" in captured.out
-    with open(out_csv) as f:
-        table = list(csv.DictReader(f))
-    assert len(table) == 3 and float(table[0]["dice_baseline"]) in (0.5, 0.8)
-    # evaluate.py style: the baseline has "manifest": null and the split; checkpoints group runs
-    ev = tmp_path / "ev"
-    ev.mkdir()
-    for sub, manifest, dice in [("a", None, 0.9), ("b", str(pert_dir / "test__location__opposite.json"), 0.45)]:
-        (ev / sub).mkdir()
-        (ev / sub / "summary.json").write_text(json.dumps(
-            {"dice_mean": dice, "dice_std": 0.0, "iou_mean": dice, "n": 3, "data": "kvasir", "split": "test",
-             "prompt": "p6", "manifest": manifest, "checkpoint": "runs/x/best.pt", "all_prompts": False}))
-    rows = report.main(report.get_args_parser().parse_args([str(ev), "--csv", ""]))
-    assert len(rows) == 1 and rows[0]["relative_change_pct"] == pytest.approx(-50.0)
-    # explicit baseline and a list of files
-    rows = report.main(report.get_args_parser().parse_args(
-        [str(sums / "size_opp.json"), "--baseline", str(sums / "base.json"), "--csv", ""]))
-    assert rows[0]["relative_change_pct"] == pytest.approx(-25.0)
 
 
 # ----------------------------------------------------------------------------- real data (optional)

@@ -157,7 +157,7 @@ def state(workspace, tmp_path_factory):
         from models import create_model
         create_model("clipseg", size="tiny", input_size=64).hf.save_pretrained(workspace / "clipseg-tiny")
         # the last run decides --checkpoint last
-        from vlsm.checkpoint import write_last_run
+        from util.checkpoint import write_last_run
         write_last_run("runs", run)
     finally:
         os.chdir(cwd)

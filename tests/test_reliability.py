@@ -17,9 +17,9 @@ import evaluate
 import train
 from datasets import BadSampleError, read_image, read_mask
 from models import model_from_checkpoint
-from vlsm.checkpoint import atomic_torch_save, load_checkpoint
+from util.checkpoint import atomic_torch_save, load_checkpoint
+from util.metrics import dice_iou
 from vlsm.losses import SegLoss
-from vlsm.metrics import dice_iou
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""results.py / vlsm.report: aggregation over seeds, relative changes, tables and plots, on hand-made summaries."""
+"""results.py / vlsm.results: aggregation over seeds, relative changes, tables and plots, on hand-made summaries."""
 import csv
 import json
 import math
@@ -7,8 +7,11 @@ import os
 import pytest
 
 import results
-from vlsm.metrics import metric_card
-from vlsm.report import aggregate, collect, fmt, mean_sd, summary_row, write_report
+from util.metrics import metric_card
+from vlsm.results import write_report
+from vlsm.results.aggregate import aggregate, mean_sd
+from vlsm.results.collect import Unreadable, collect, summary_row
+from vlsm.results.tables import fmt
 
 CARD = metric_card(0.5)
 
@@ -49,8 +52,8 @@ def study_root(tmp_path):
            test="clinicdb")
     # perturbation of seed 0: 0.80 -> 0.60 is -25 %; of seed 1: 0.90 -> 0.90 is 0 %  => mean -12.5, sd 17.68
     for seed, d in ((0, 0.60), (1, 0.90)):
-        _study(root, f"ft__clipseg__kvasir__p6__midl__s{seed}__none", "perturb", d, seed=seed, label="size__opposite",
-               extra={"perturbation": {"attribute": "size", "kind": "opposite"}})
+        _study(root, f"ft__clipseg__kvasir__p6__midl__s{seed}__none", "perturbation", d, seed=seed,
+               label="size__opposite", extra={"perturbation": {"attribute": "size", "kind": "opposite"}})
     # zero-shot, two prompts
     _study(root, "zs__clipseg__kvasir", "zeroshot", 0.30, setting="zeroshot", prompt="p1", train="")
     _study(root, "zs__clipseg__kvasir", "zeroshot", 0.40, setting="zeroshot", prompt="p6", train="")
@@ -65,7 +68,7 @@ def test_mean_and_sample_std():
 
 
 def test_aggregation_over_seeds_and_relative_change(study_root):
-    rows = collect([study_root])
+    rows = collect([study_root]).rows
     assert len(rows) == 13
     agg = {(a["step"], a["model"], a["train_data"], a["test_data"], a["prompt"]): a for a in aggregate(rows)}
     t = agg[("test", "clipseg", "kvasir", "kvasir", "p6")]
@@ -76,7 +79,7 @@ def test_aggregation_over_seeds_and_relative_change(study_root):
     assert o["dice_mean"] == pytest.approx(0.65) and o["dice_sd_seeds"] == pytest.approx(0.05)
     u = agg[("test", "unet", "kvasir", "kvasir", "p6")]
     assert u["n_seeds"] == 1 and math.isnan(u["dice_sd_seeds"]) and fmt(u) == "70.00 ± 10.00*"
-    p = agg[("perturb", "clipseg", "kvasir", "kvasir", "p6")]
+    p = agg[("perturbation", "clipseg", "kvasir", "kvasir", "p6")]
     assert p["rel_change_pct"] == pytest.approx(-12.5)
     assert p["rel_change_sd_seeds"] == pytest.approx(math.sqrt(2 * 12.5 ** 2))
 
@@ -119,15 +122,16 @@ def test_plain_run_summaries_get_their_fields_from_args_json(tmp_path):
     _summary(str(run / "eval" / "etis_test_p6"), 0.5, data="etis")
     _summary(str(run / "eval" / "kvasir_test_p1"), 0.8, prompt="p1")
     _summary(str(run / "eval" / "kvasir_test_p6_pert"), 0.45, manifest="/x/test__location__opposite.json")
-    rows = {os.path.basename(r["results_dir"]): r for r in collect([str(tmp_path / "runs")])}
+    rows = {os.path.basename(r["results_dir"]): r for r in collect([str(tmp_path / "runs")]).rows}
     r = rows["kvasir_test_p6"]
     assert (r["model"], r["train_data"], r["seed"], r["freeze"], r["step"]) == ("cris", "kvasir", 3, "image", "test")
-    assert rows["etis_test_p6"]["step"] == "ood" and rows["kvasir_test_p1"]["step"] == "xprompt"
+    assert rows["etis_test_p6"]["step"] == "ood" and rows["kvasir_test_p1"]["step"] == "cross_prompt"
     p = rows["kvasir_test_p6_pert"]
-    assert (p["step"], p["attribute"], p["kind"]) == ("perturb", "location", "opposite")
+    assert (p["step"], p["attribute"], p["kind"]) == ("perturbation", "location", "opposite")
     agg = {a["step"]: a for a in aggregate(list(rows.values()))}
-    assert agg["perturb"]["rel_change_pct"] == pytest.approx(-50.0)
-    assert summary_row(str(tmp_path / "nothing.json")) is None
+    assert agg["perturbation"]["rel_change_pct"] == pytest.approx(-50.0)
+    with pytest.raises(Unreadable):
+        summary_row(str(tmp_path / "nothing.json"))
 
 
 def test_results_script(study_root, tmp_path, capsys):
@@ -135,3 +139,33 @@ def test_results_script(study_root, tmp_path, capsys):
     assert os.path.isfile(written["markdown"]) and "Table 2 layout" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError):
         results.main(results.get_args_parser().parse_args([str(tmp_path / "r"), "--out", str(tmp_path / "r2")]))
+
+
+def test_unreadable_results_are_listed_not_dropped(study_root, tmp_path, capsys):
+    """A results file cut short (a kill during an older, non-atomic write) or not a results file is listed in
+    tables.md, in the returned dict and on stderr; the rows that can be read are all there."""
+    cut = os.path.join(study_root, "cells", "ft__unet__clinicdb__p6__midl__s0__none", "run", "eval", "test__x__p6")
+    _summary(cut, 0.5)
+    text = open(os.path.join(cut, "summary.json")).read()
+    open(os.path.join(cut, "summary.json"), "w").write(text[: len(text) // 2])
+    odd = os.path.join(study_root, "cells", "odd")
+    os.makedirs(odd)
+    json.dump({"not": "a summary"}, open(os.path.join(odd, "summary.json"), "w"))
+    open(os.path.join(odd, "text_reliance.json"), "w").write('{"conditions": [')
+    run = tmp_path / "runs" / "r"
+    (run / "eval").mkdir(parents=True)
+    (run / "args.json").write_text('{"model": "cl')
+    _summary(str(run / "eval" / "kvasir_test_p6"), 0.7)
+
+    written = write_report([study_root, str(tmp_path / "runs")], str(tmp_path / "report"), plots=False)
+    bad = {u["path"]: u["reason"] for u in written["unreadable"]}
+    assert sorted(bad) == sorted([os.path.join(cut, "summary.json"), os.path.join(odd, "summary.json"),
+                                  os.path.join(odd, "text_reliance.json"), str(run / "args.json")])
+    assert bad[os.path.join(cut, "summary.json")].startswith("cannot be read as JSON")
+    assert "no dice_mean" in bad[os.path.join(odd, "summary.json")]
+    assert "lack its training fields" in bad[str(run / "args.json")]
+    assert written["rows"] == 14  # the 13 of the study and the plain run's row, kept without its run's fields
+    md = open(written["markdown"]).read()
+    assert "## Results that could not be read (4)" in md and f"- `{os.path.join(cut, 'summary.json')}`: cannot" in md
+    err = capsys.readouterr().err
+    assert err.count("[results] not counted:") == 4 and os.path.join(cut, "summary.json") in err

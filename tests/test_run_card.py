@@ -9,7 +9,7 @@ import torch
 
 import evaluate
 from models import model_from_checkpoint
-from vlsm.summary import summarize
+from util.summary import summarize
 from vlsm.training import default_args, run_training
 
 

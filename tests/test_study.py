@@ -1,4 +1,6 @@
-"""study.py / vlsm.study: grid expansion, done markers, resume, retry of failed cells, the submitit executor."""
+"""study.py / vlsm.study: grid expansion, the step table, done markers (unreadable ones ignored), resume, retry of
+failed cells, the CRIS refusal, the submitit executor."""
+import csv
 import json
 import os
 
@@ -9,6 +11,7 @@ from PIL import Image, ImageDraw
 import study as study_script
 import vlsm.scoring
 import vlsm.training
+from util.io import write_json_atomic
 from vlsm import study as S
 
 TRAIN = """
@@ -87,11 +90,11 @@ steps = ["train", "swap"]
                    "zs__clipseg__kvasir", "zs__clipseg__clinicdb", "zs__clipseg__etis"]
     cell = st.cell("ft__clipseg__kvasir__p6__midl__s0__none")
     assert [s.label for s in cell.steps] == [
-        "train", "test__kvasir__p6", "ood__etis__p6", "ood__clinicdb__p6", "xprompt__kvasir__p1",
-        "perturb__kvasir__p6__size__opposite", "swap__kvasir__p6"]  # grid b's swap step merged into grid a's cell
+        "train", "test__kvasir__p6", "ood__etis__p6", "ood__clinicdb__p6", "cross_prompt__kvasir__p1",
+        "perturbation__kvasir__p6__size__opposite", "swap__kvasir__p6"]  # grid b's swap step merged into grid a's cell
     assert cell.grids == ["a", "b"]
     pooled = st.cell("ft__clipseg__kvasir+clinicdb__p6__midl__s0__none")
-    assert [s.label for s in pooled.steps if s.kind in ("test", "ood")] == [
+    assert [s.label for s in pooled.steps if s.name in ("test", "ood")] == [
         "test__kvasir__p6", "test__clinicdb__p6", "ood__etis__p6"]
     assert [s.label for s in st.cell("ft__unet__kvasir__p6__midl__s0__none").steps] == [
         "train", "test__kvasir__p6", "ood__etis__p6", "ood__clinicdb__p6"]  # no text steps for a text-free model
@@ -257,3 +260,113 @@ src = "{src}"
     mtime = os.path.getmtime(tmp_path / "pj" / "kvasir" / "train.json")
     S.prepare_data(st, log=lambda *a: None)  # prepared already: nothing is redone
     assert os.path.getmtime(tmp_path / "pj" / "kvasir" / "train.json") == mtime
+
+
+def test_a_cut_short_summary_is_ignored_and_its_step_runs_again(tmp_path, tiny_data, capsys):
+    """The bug of issue 18: a finished cell whose done.json is gone and whose test summary.json was cut in half
+    (a kill during a non-atomic write) must rerun that step, say which file it ignored, and get its row back.
+    Also: a step folder of an older study, under the step's former name, counts as done and is read back."""
+    from vlsm.results import write_report
+    grid = TWO_SEEDS.replace("[0, 1]", "[0]").replace('"test"]', '"test", "cross_prompt"]\ncross_prompts = ["p1"]')
+    path = write_study(tmp_path, grid)
+    out = tmp_path / "out"
+    cli(path, tiny_data, out)
+    cell = out / "cells" / "ft__clipseg__synthetic__p3__midl__s0__none"
+    summary = cell / "run" / "eval" / "test__synthetic__p3" / "summary.json"
+    text = summary.read_text()
+    (cell / "done.json").unlink()
+    summary.write_text(text[: len(text) // 2])
+    old = cell / "run" / "eval" / "xprompt__synthetic__p1"  # as an older version named it
+    (cell / "run" / "eval" / "cross_prompt__synthetic__p1").rename(old)
+    write_json_atomic(str(old / "summary.json"), {**json.loads((old / "summary.json").read_text()), "step": "xprompt"})
+    capsys.readouterr()
+
+    cli(path, tiny_data, out, "--dry-run")
+    plan = capsys.readouterr().out
+    assert "partial     2/3" in plan and f"ignores {summary} cannot be read as JSON" in plan
+
+    res = cli(path, tiny_data, out)
+    log = capsys.readouterr().out
+    assert res[0]["state"] == "done"
+    assert f"ignoring {summary} cannot be read as JSON" in log and "1 of 3 steps to run" in log
+    assert "resuming" not in log and "step test__synthetic__p3" in log  # only the test step ran again
+    done = json.loads((cell / "done.json").read_text())
+    assert None not in done["results"].values() and done["results"]["test__synthetic__p3"]["n"] > 0
+    assert json.loads(summary.read_text())["dice_mean"] == done["results"]["test__synthetic__p3"]["dice_mean"]
+    assert not (cell / "run" / "eval" / "cross_prompt__synthetic__p1").exists()
+    written = write_report(str(out / "cells"), str(out / "results"), plots=False)
+    assert written["unreadable"] == []
+    rows = list(csv.DictReader(open(written["csv"])))
+    assert sorted((r["cell"], r["step"], r["prompt"]) for r in rows) == [
+        ("ft__clipseg__synthetic__p3__midl__s0__none", "cross_prompt", "p1"),
+        ("ft__clipseg__synthetic__p3__midl__s0__none", "test", "p3")]
+
+
+def test_zero_shot_cris_without_its_checkpoint_is_refused_as_in_zeroshot_py(tmp_path, tiny_data, capsys):
+    from vlsm.loading import CRIS_NEEDS_CHECKPOINT
+    grid = '[zeroshot]\nsize = "tiny"\n{}\n[[grid]]\nmodels = ["cris", "clipseg"]\ndata = ["synthetic"]\n' \
+           'prompts = ["p1"]\nsteps = ["zeroshot"]\n'
+    path = write_study(tmp_path, grid.format(""))
+    out = tmp_path / "out"
+    st = S.load_study(path, output_dir=str(out))
+    cris = st.cell("zs__cris__synthetic")
+    assert CRIS_NEEDS_CHECKPOINT in cris.refused and not st.cell("zs__clipseg__synthetic").refused
+    cli(path, tiny_data, out, "--dry-run")
+    plan = capsys.readouterr().out
+    assert "refused" in plan and "zs__cris__synthetic" in plan and CRIS_NEEDS_CHECKPOINT in plan
+    with pytest.raises(ValueError) as e:  # the run refuses to start, naming the cells
+        cli(path, tiny_data, out)
+    assert str(e.value).startswith("zs__cris__synthetic: " + CRIS_NEEDS_CHECKPOINT)
+    assert not (out / "cells" / "zs__cris__synthetic").exists()
+    assert S.run_cell(st, cris)["state"] == "refused"  # the library refuses it too ...
+    cris.refused = ""  # ... and so does the model loader, should a cell get past both
+    res = S.run_cell(st, cris, device="cpu")
+    assert res["state"] == "failed" and CRIS_NEEDS_CHECKPOINT[:100] in res["error"]
+    assert not list((out / "cells" / "zs__cris__synthetic").rglob("summary.json"))
+    capsys.readouterr()
+    # explicitly allowed (a random-decoder floor) or given its checkpoint: not refused
+    for line in ("allow_random_decoder = true", 'cris_checkpoint = "cris_best.pth"'):
+        assert not S.load_study(write_study(tmp_path, grid.format(line))).cell("zs__cris__synthetic").refused
+    # the study file now names a CRIS checkpoint: the CLIPSeg cell does not get it (nor a changed config hash)
+    assert cli(path, tiny_data, out, "--only", "model=clipseg")[0]["state"] == "done"
+
+
+@pytest.fixture()
+def toy_step():
+    """A step added through the step table only: it writes toy.json, which its own reader turns into a row."""
+    def run(ctx, step, out):
+        write_json_atomic(os.path.join(out, "toy.json"), {"score": 0.25, "prompt": step.prompt})
+
+    def read(path):
+        toy = json.load(open(path))
+        cell = os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(path))))
+        return [{"cell": cell, "setting": "zeroshot", "step": "toy", "model": cell.split("__")[1],
+                 "test_data": cell.split("__")[2], "prompt": toy["prompt"], "n": 1, "dice_mean": toy["score"]}]
+
+    S.register(S.StepType("toy", "a toy step", "zeroshot", lambda g, c: [S.Step("toy", c.data, "p1")], run,
+                          marker="toy.json", result=lambda m: {"score": m["score"]}, read=read))
+    yield
+    S.unregister("toy")
+
+
+def test_a_step_added_through_the_step_table_runs_and_reaches_the_report(tmp_path, tiny_data, toy_step):
+    from vlsm.results import write_report
+    path = write_study(tmp_path, '[[grid]]\nmodels = ["clipseg"]\ndata = ["synthetic"]\nsteps = ["toy"]\n')
+    out = tmp_path / "out"
+    res = cli(path, tiny_data, out)
+    assert res == [{"cell": "zs__clipseg__synthetic", "state": "done", "seconds": res[0]["seconds"]}]
+    done = json.loads((out / "cells" / "zs__clipseg__synthetic" / "done.json").read_text())
+    assert done["results"] == {"toy__synthetic__p1": {"score": 0.25}}
+    written = write_report(str(out / "cells"), str(out / "results"), plots=False)
+    rows = list(csv.DictReader(open(written["csv"])))
+    assert [(r["step"], r["model"], r["dice_mean"]) for r in rows] == [("toy", "clipseg", "0.250000")]
+    assert "| toy | zeroshot | clipseg |" in open(written["markdown"]).read()
+    assert cli(path, tiny_data, out) == []  # done: nothing runs again
+
+
+def test_every_step_has_its_row_in_docs():
+    """docs/studies.md's step table lists exactly the steps of the table in vlsm/study/steps.py."""
+    doc = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "studies.md")).read()
+    table = doc.split("| step | cells |", 1)[1].split("\n\n", 1)[0]
+    names = [line.split("`")[1] for line in table.splitlines() if line.startswith("| `")]
+    assert names == list(S.STEPS)

@@ -8,7 +8,8 @@ import pytest
 
 import text_report
 from datasets import prompt_templates as T
-from vlsm.text_reliance import condition_records, evaluated_text, gibberish, perturb_records
+from datasets.perturb import perturb_records
+from vlsm.text_report import condition_records, evaluated_text, gibberish
 from vlsm.training import default_args, run_training
 
 

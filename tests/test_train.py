@@ -44,7 +44,7 @@ def test_run_folder_contents_and_metrics_at_original_size(trained_run):
     rows = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
     assert len(rows) == 10 and rows[-1]["val_loss"] < rows[0]["val_loss"]
     summary = json.load(open(os.path.join(result["test"]["results_dir"], "summary.json")))
-    assert summary["metric_resolution"] == "original image size" and summary["n"] > 80
+    assert summary["metric_card"]["resolution"] == "original image size" and summary["n"] > 80
 
 
 def test_checkpoint_round_trip_gives_identical_predictions(trained_run):

@@ -3,32 +3,47 @@
 Parent parsers (composed by the scripts as MAE/DETR compose theirs):
 - :func:`data_options`: ``--data --split --prompt --data-root --prompts-root --manifest --on-bad-sample``
 - :func:`runtime_options`: ``--device --workers --batch-size``
+- :func:`trained_run_options`: ``--checkpoint --output-dir --threshold`` (a trained run: evaluate.py,
+  text_report.py, ``python -m vlsm.figures``)
+- :func:`model_options`: a trained run *or* a model with weights (``--model --weights --size --input-size
+  --cris-checkpoint --allow-random-decoder``): predict.py, zeroshot.py (through :mod:`vlsm.loading`)
 - :func:`train_options`: everything ``train.py`` takes (the study runner builds its runs from it too)
 
-Names mean the same everywhere: ``--output-dir`` is the runs root (``runs/``) in every script; ``--out`` names
-an exact new folder (refused if it exists); ``--checkpoint`` is a run folder, a file or ``last``.
+Names mean the same in the scripts that train, score or predict: ``--output-dir`` is the runs root (``runs/``);
+``--out`` names an exact new folder (refused if it exists); ``--checkpoint`` is a run folder, a file or
+``last``; ``--threshold`` is a probability in [0, 1] or ``auto``.  (study.py's and results.py's ``--out`` is
+where the study or the report goes; they say so in their help.)
 """
 from __future__ import annotations
 
 import argparse
 import os
-import re
-import sys
+
+from .losses import LOSSES
 
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
 
 def threshold_arg(value: str):
-    """argparse type: a probability in (0, 1) or 'auto'."""
+    """argparse type: a probability in [0, 1] or 'auto'."""
     if value == "auto":
         return value
     try:
         t = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1) or 'auto', got {value!r}") from None
-    if not 0.0 < t < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {t}")
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1] or 'auto', got {value!r}") from None
+    if not 0.0 <= t <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {t}")
     return t
+
+
+#: The frozen-encoder settings of a fine-tuning run: name -> (freeze image encoder, freeze text encoder).
+FREEZE_SETTINGS = {"none": (False, False), "image": (True, False), "text": (False, True), "both": (True, True)}
+
+
+def freeze_name(freeze_image: bool, freeze_text: bool) -> str:
+    """The :data:`FREEZE_SETTINGS` name of a pair of flags."""
+    return {v: k for k, v in FREEZE_SETTINGS.items()}[(bool(freeze_image), bool(freeze_text))]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,9 +100,58 @@ def output_options(out_help: str) -> argparse.ArgumentParser:
     return p
 
 
-def checkpoint_option(p: argparse.ArgumentParser, required: bool = True) -> None:
+def checkpoint_option(p, required: bool = True) -> None:
     p.add_argument("--checkpoint", required=required, help="run folder (uses best.pth), a .pth/.safetensors file, "
                    "or 'last' for the run named in <output-dir>/last_run.txt")
+
+
+def threshold_option(p, auto: bool = True) -> None:
+    p.add_argument("--threshold", type=threshold_arg, default=None,
+                   help="probability threshold (default: the run's, else the model's: 0.5, CRIS 0.35)"
+                        + (", or 'auto': the best on the validation split, recorded in summary.json" if auto else ""))
+
+
+def fixed_threshold(value, script: str):
+    """Refuse ``--threshold auto`` where no validation split is scored (predict, zero-shot, figures)."""
+    if value == "auto":
+        raise ValueError(f"{script} takes a number for --threshold; 'auto' (chosen on the validation split) is "
+                         f"for train.py and evaluate.py")
+    return value
+
+
+def trained_run_options(auto_threshold: bool = True, output_dir: bool = True) -> argparse.ArgumentParser:
+    """A trained run: ``--checkpoint`` (required), ``--output-dir`` (where ``last`` is looked up), ``--threshold``."""
+    p = _parser()
+    g = p.add_argument_group("trained run")
+    checkpoint_option(g)
+    if output_dir:
+        g.add_argument("--output-dir", default="runs", help="runs root (where train.py wrote last_run.txt)")
+    threshold_option(g, auto_threshold)
+    return p
+
+
+def model_options(default_model: str | None = None, checkpoint: bool = True) -> argparse.ArgumentParser:
+    """A model to score without training: a trained run (``--checkpoint``) or ``--model`` with ``--weights``
+    (exactly one of them; :func:`vlsm.loading.load_for_eval`)."""
+    from models import list_models
+    p = _parser()
+    g = p.add_argument_group("model: " + ("a trained run (--checkpoint) or " if checkpoint else "")
+                             + "a model with weights (--model/--weights)")
+    if checkpoint:
+        checkpoint_option(g, required=False)
+    g.add_argument("--model", default=default_model, choices=list_models(),
+                   help="model name" + (", for use without a run folder" if checkpoint else ""))
+    g.add_argument("--weights", default="auto", help="hub id, local folder or file; auto = the model's pretrained "
+                   "weights (base) or random (tiny); 'none' = random init (a sanity floor)")
+    g.add_argument("--size", default="base", choices=["base", "tiny"], help="architecture size")
+    g.add_argument("--input-size", type=int, default=None, help="override the model's input size")
+    g.add_argument("--cris-checkpoint", default=None, help="CRIS: checkpoint of the original CRIS code (the "
+                   "RefCOCO-trained weights the paper used); required for CRIS unless --allow-random-decoder")
+    g.add_argument("--allow-random-decoder", action="store_true",
+                   help="CRIS without --cris-checkpoint: score it anyway (only the CLIP backbone is pretrained; the "
+                        "neck, decoder and projector are random, so this is a floor, not the paper's zero-shot CRIS)")
+    threshold_option(g, auto=False)
+    return p
 
 
 def train_options() -> argparse.ArgumentParser:
@@ -147,8 +211,9 @@ def train_options() -> argparse.ArgumentParser:
     g.add_argument("--encoder-lr", type=float, default=None, help="separate learning rate for the encoders")
     g.add_argument("--weight-decay", type=float, default=None, help="weight decay (preset: 1e-3 midl, 0 arxiv/CNN)")
     g.add_argument("--optimizer", choices=["adamw", "adam"], default=None, help="optimizer (preset)")
-    g.add_argument("--loss", choices=["dice+bce", "dice", "bce"], default=None,
-                   help="loss (preset: dice+bce for VLSMs, dice for CNNs)")
+    g.add_argument("--loss", choices=list(LOSSES), default=None,
+                   help="loss (preset: dice+bce for VLSMs, dice for CNNs): "
+                        + "; ".join(f"{k} = {v}" for k, v in LOSSES.items()))
     g.add_argument("--bce-weight", type=float, default=None, help="weight of BCE in dice+bce (preset 0.2)")
     g.add_argument("--scheduler", choices=["plateau", "constant"], default=None,
                    help="learning-rate schedule (preset): plateau = ReduceLROnPlateau x0.1 on val loss, constant")
@@ -173,35 +238,3 @@ def train_options() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="random seed (python, numpy, torch, shuffling)")
     g.add_argument("--no-test", action="store_true", help="skip the test-split evaluation at the end")
     return p
-
-
-# ----------------------------------------------------------------------------- errors
-
-_WORKER_RE = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.\s*Original Traceback", re.S)
-
-
-def clear_message(e: BaseException) -> str:
-    """The one line a user needs.  An exception re-raised by a DataLoader worker carries the worker's whole
-    traceback in its message; keep only the original error's own text."""
-    text = str(e)
-    if _WORKER_RE.match(text):
-        last = [line for line in text.strip().splitlines() if line.strip()][-1]
-        text = re.sub(r"^[\w.]+(Error|Exception): ", "", last.strip())
-    return text
-
-
-USER_ERRORS = (FileNotFoundError, FileExistsError, ImportError, ValueError)
-
-
-def run_cli(main, parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
-    """Run a script's ``main``; user-facing errors (bad files, manifests, missing weights; datasets'
-    BadSampleError and ManifestError are ValueErrors) print one clear line instead of a traceback, wherever
-    they happen, DataLoader workers included.  Set VLSM_DEBUG=1 to see the traceback."""
-    args = parser.parse_args(argv)
-    try:
-        main(args)
-    except USER_ERRORS as e:
-        if os.environ.get("VLSM_DEBUG"):
-            raise
-        print(f"error: {clear_message(e)}", file=sys.stderr)
-        sys.exit(2)

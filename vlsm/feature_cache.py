@@ -1,18 +1,16 @@
 """The frozen-encoder feature cache (``train.py --cache-features``): encoders run once, the decoder trains.
 
-With both encoders frozen and no augmentation, what the decoder reads never changes: the tapped vision
-activations of each image and the text embedding of each distinct prompt.  :class:`FeatureCache` computes
-them once (images: one pass over the training and validation sets before the first epoch; prompts: every
-prompt the manifests can give, and any other the first time it is seen), keeps them on the device when they
-fit (else in host memory), and :meth:`FeatureCache.wrap` turns a loader's batches into batches that carry
-``features``; ``vlsm.runtime.forward_batch`` sends those to :class:`DecoderNet`, which runs the decoder only.
+With both encoders frozen and no augmentation, what the decoder reads never changes: the image features of
+each image and the text features of each distinct prompt.  :class:`FeatureCache` computes them once (images:
+one pass over the training and validation sets before the first epoch; prompts: every prompt the manifests can
+give, and any other the first time it is seen), keeps them on the device when they fit (else in host memory),
+and :meth:`FeatureCache.wrap` turns a loader's batches into batches that carry ``features``;
+``util.runtime.forward_batch`` sends those to :class:`DecoderNet`, which runs the decoder only.
 
-What is cached, per model (an adapter each):
-- CLIPSeg, BiomedCLIPSeg(-D): ``vision_activations(images)`` (the tapped blocks) and ``text_embedding``;
-  the decoder is ``model.decode``;
-- CRIS: the backbone's C3/C4/C5 and the text encoder's word features, sentence state and padding mask; the
-  neck, the vision-language decoder and the projector train (they are CRIS's decoder).
-CNNs have no frozen part that could be cached this way.
+What is cached is the model's business: the cache calls ``model.encode_image``, ``model.encode_text`` and
+``model.decode`` (``models/base.py``; CLIPSeg and BiomedCLIPSeg(-D): the tapped vision activations and the
+text embedding; CRIS: C3-C5, and the word features, sentence state and padding mask), so no model code is
+copied here.  The text-free CNNs are refused (:func:`check_usable` says why).
 
 The cache never consumes the random streams of the run (Python's ``random`` is restored after the pass over
 the training set), so a run with the cache draws the same prompts and batches as one without it.
@@ -26,69 +24,31 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from datasets import collate
-
-from .runtime import autocast, prepare_images, tokenize_cached, unwrap
+from models.base import SegModel, feature_tensors, map_features
+from util.runtime import autocast, prepare_images, tokenize_cached, unwrap
 
 
 class FeatureCacheError(ValueError):
     """--cache-features cannot give the same training as recomputing the encoders (a ValueError: one line)."""
 
 
-# ----------------------------------------------------------------------------------------------------- adapters
-
-class ClipSegAdapter:
-    """CLIPSeg and BiomedCLIPSeg: ``vision_activations`` / ``text_embedding`` / ``decode``."""
-
-    @staticmethod
-    def image(model, x):
-        return list(model.vision_activations(x))
-
-    @staticmethod
-    def text(model, tokens):
-        return [model.text_embedding(tokens["input_ids"], tokens.get("attention_mask"))]
-
-    @staticmethod
-    def decode(model, image, text):
-        return model.decode(image, text[0])
-
-
-class CrisAdapter:
-    """CRIS: backbone features C3-C5, word features + sentence state + padding mask; neck/decoder/projector
-    run as in ``CRIS.forward``."""
-
-    @staticmethod
-    def image(model, x):
-        return list(model.encode_image(x))
-
-    @staticmethod
-    def text(model, tokens):
-        ids = tokens["input_ids"]
-        words, state = model.encode_text(ids)
-        return [words, state, model.padding_mask(ids, tokens.get("attention_mask"))]
-
-    @staticmethod
-    def decode(model, image, text):
-        c3, c4, c5 = image
-        words, state, pad = text
-        fq = model.neck(c3, c4, c5, state, None)
-        b, c, h, w = fq.shape
-        fq = model.decoder(fq, words, pad, None).reshape(b, c, h, w)
-        return model.proj(fq, state, None)
-
-
-def adapter_for(model):
+def has_feature_path(model) -> bool:
+    """Whether ``model`` reads text and implements the three parts the cache calls (``encode_image``,
+    ``encode_text``, ``decode``)."""
     m = unwrap(model)
-    if all(hasattr(m, a) for a in ("vision_activations", "text_embedding", "decode")):
-        return ClipSegAdapter
-    if all(hasattr(m, a) for a in ("encode_image", "encode_text", "neck", "proj", "padding_mask")):
-        return CrisAdapter
-    return None
+    if not isinstance(m, SegModel) or not getattr(m, "uses_text", True):
+        return False
+    return all(getattr(type(m), part) is not getattr(SegModel, part)
+               for part in ("encode_image", "encode_text", "decode"))
 
 
 def check_usable(model, augment: bool) -> None:
-    """Refuse (FeatureCacheError) when cached encoder outputs would differ from recomputed ones."""
+    """Refuse (FeatureCacheError) when cached encoder outputs would differ from recomputed ones, or when the
+    model is a text-free CNN: its frozen ResNet could be cached, but its multi-scale maps (the input image
+    included) take about 24 MB per image at 352 px, and ``--multiclass`` picks each record's channel from a batch
+    field that the cached batches do not carry."""
     name = getattr(model, "name", type(model).__name__)
-    if adapter_for(model) is None:
+    if not has_feature_path(model):
         raise FeatureCacheError(f"--cache-features: model '{name}' has no frozen-encoder feature path (CLIPSeg, "
                                 f"BiomedCLIPSeg(-D) and CRIS have one); train without --cache-features")
     frozen = getattr(model, "frozen", {})
@@ -124,20 +84,30 @@ def _candidate_texts(ds) -> list[str]:
     return list(out)
 
 
+def _layout(features):
+    """The nesting of ``features`` (tuples/lists) with each tensor replaced by an empty one: how to rebuild
+    the features from their flat list of tensors."""
+    return map_features(lambda _: torch.empty(0), features)
+
+
 class DecoderNet(nn.Module):
     """The decoder of ``model`` fed from cached features: ``forward(img0=..., img1=..., txt0=...)`` -> logits.
-    The model is a child, so ``train()``/``eval()`` and the parameters are the model's (frozen parts stay in
-    eval mode, as ``SegModel.train`` keeps them)."""
 
-    def __init__(self, model: nn.Module, adapter):
+    The flat tensors are put back in the nesting ``encode_image`` / ``encode_text`` gave them (the layouts the
+    cache records) and go to ``model.decode``.  The model is a child, so ``train()``/``eval()`` and the
+    parameters are the model's (frozen parts stay in eval mode, as ``SegModel.train`` keeps them)."""
+
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.adapter = adapter
+        self.image_layout = None
+        self.text_layout = None
 
     def forward(self, **feats):
-        image = [feats[f"img{i}"] for i in range(sum(k.startswith("img") for k in feats))]
-        text = [feats[f"txt{i}"] for i in range(sum(k.startswith("txt") for k in feats))]
-        return self.adapter.decode(self.model, image, text)
+        image = iter([feats[f"img{i}"] for i in range(sum(k.startswith("img") for k in feats))])
+        text = iter([feats[f"txt{i}"] for i in range(sum(k.startswith("txt") for k in feats))])
+        return self.model.decode(map_features(lambda _: next(image), self.image_layout),
+                                 map_features(lambda _: next(text), self.text_layout))
 
 
 class FeatureCache:
@@ -146,7 +116,6 @@ class FeatureCache:
     def __init__(self, model, device: torch.device, amp: bool = False, batch_size: int = 16,
                  store_device: torch.device | None = None):
         self.model = unwrap(model)
-        self.adapter = adapter_for(self.model)
         self.device, self.amp, self.batch_size = device, amp, batch_size
         self.store_device = store_device
         self.image_slot: dict[tuple[str, str], int] = {}
@@ -154,18 +123,23 @@ class FeatureCache:
         self.text_slot: dict[str, int] = {}
         self.text_rows: list[list[torch.Tensor]] = []
         self.text_feats: list[torch.Tensor] | None = None
-        self.decoder = DecoderNet(self.model, self.adapter)
+        self.decoder = DecoderNet(self.model)
 
     # ---- building ------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _encode_images(self, x):
+    def _encode_images(self, x) -> list[torch.Tensor]:
         with autocast(self.device, self.amp):
-            return [f.detach() for f in self.adapter.image(self.model, prepare_images(x, self.model, self.device))]
+            feats = self.model.encode_image(prepare_images(x, self.model, self.device))
+        self.decoder.image_layout = _layout(feats)
+        return [f.detach() for f in feature_tensors(feats)]
 
     @torch.no_grad()
-    def _encode_texts(self, texts):
+    def _encode_texts(self, texts) -> list[torch.Tensor]:
         with autocast(self.device, self.amp):
-            return [f.detach() for f in self.adapter.text(self.model, tokenize_cached(self.model, texts, self.device))]
+            tokens = tokenize_cached(self.model, texts, self.device)
+            feats = self.model.encode_text(tokens["input_ids"], tokens.get("attention_mask"))
+        self.decoder.text_layout = _layout(feats)
+        return [f.detach() for f in feature_tensors(feats)]
 
     def add_dataset(self, ds, workers: int = 0) -> int:
         """Encode every image of ``ds`` not cached yet, and every prompt its manifests can give; returns the

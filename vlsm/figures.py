@@ -19,9 +19,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from util.errors import run_cli
+from util.metrics import dice_iou, mask_at_size
+from util.runtime import forward_batch, pick_device
+
 from . import cli
-from .metrics import dice_iou, mask_at_size
-from .runtime import forward_batch, pick_device
 
 OUTLINE = (0, 255, 0)
 HALO = (0, 0, 0)
@@ -63,7 +65,7 @@ def draw_outline(image, mask, colour=OUTLINE, width: int | None = None, halo=HAL
 def pick_records(records: list[dict], key: str, n: int) -> list[tuple[dict, str, str]]:
     """Up to ``n`` (record, right text, other object's text), one per image: images with another target first
     (its prompt), then others (the next image's prompt)."""
-    from .text_reliance import evaluated_text
+    from .text_report import evaluated_text
     by_image: dict[str, list[dict]] = {}
     for r in records:
         by_image.setdefault(r["img_name"], []).append(r)
@@ -139,25 +141,23 @@ def showcase(model, data: str, prompt: str, threshold: float, device, out_png: s
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m vlsm.figures", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.checkpoint_option(p)
-    p.add_argument("--output-dir", default="runs", help="runs root (where train.py wrote last_run.txt)")
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                parents=[cli.trained_run_options(auto_threshold=False)])
     p.add_argument("--data", default=None, help="dataset (default: the run's training data; pooled: the first)")
     p.add_argument("--split", default="test", help="split to show (default test)")
     p.add_argument("--prompt", default=None, help="prompt key (default: the training prompt)")
     p.add_argument("--data-root", default=None, help="default: the run's")
     p.add_argument("--prompts-root", default=None, help="default: the run's")
     p.add_argument("--n", type=int, default=4, help="number of images (rows)")
-    p.add_argument("--threshold", type=float, default=None, help="default: the run's")
     p.add_argument("--out", default=None, help="PNG path (default <run>/showcase.png)")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto")
     return p
 
 
 def main(args) -> str:
-    from .scoring import load_trained
+    from .loading import load_trained
     device = pick_device(args.device)
-    run = load_trained(args.checkpoint, args.output_dir, device, args.threshold)
+    run = load_trained(args.checkpoint, args.output_dir, device, cli.fixed_threshold(args.threshold, "vlsm.figures"))
     model, run_dir, targs, threshold = run.model, run.run_dir, run.args, run.threshold
     out = showcase(model, args.data or targs.get("data", "synthetic"), args.prompt or targs.get("prompt", "p1"),
                    threshold, device, args.out or os.path.join(run_dir, "showcase.png"), split=args.split,
@@ -169,4 +169,4 @@ def main(args) -> str:
 
 
 if __name__ == "__main__":
-    cli.run_cli(main, get_args_parser())
+    run_cli(main, get_args_parser())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .metrics import upsample_logits
+from util.metrics import upsample_logits
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -15,15 +15,22 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
     return (1.0 - (2.0 * inter + eps) / (p.sum(1) + t.sum(1) + eps)).mean()
 
 
-class SegLoss(torch.nn.Module):
-    """``kind``: "dice+bce" = Dice + bce_weight * BCE (paper: 0.2), "dice", or "bce".
+#: The losses ``--loss`` offers: name -> what it computes.
+LOSSES = {
+    "dice+bce": "soft Dice + bce_weight x binary cross-entropy (the paper: 0.2)",
+    "dice": "soft Dice only",
+    "bce": "binary cross-entropy only",
+}
 
-    Logits smaller than the target (CRIS predicts at 1/4) are upsampled bilinearly first."""
+
+class SegLoss(torch.nn.Module):
+    """One of :data:`LOSSES`.  Logits smaller than the target (CRIS predicts at 1/4) are upsampled bilinearly
+    first."""
 
     def __init__(self, kind: str = "dice+bce", bce_weight: float = 0.2):
         super().__init__()
-        if kind not in ("dice+bce", "dice", "bce"):
-            raise ValueError(f"unknown loss '{kind}'")
+        if kind not in LOSSES:
+            raise ValueError(f"unknown loss '{kind}'; choose from {', '.join(LOSSES)}")
         self.kind, self.bce_weight = kind, bce_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -4,15 +4,13 @@ and a short ``README.md`` model card.  ``models.model_from_checkpoint(RUN)`` loa
 another machine (with or without its .pth files)."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 from importlib import metadata
 
-from datasets.manifest import file_sha256
-
-from .metrics import metric_card
+from util.io import atomic_output, file_sha256, write_atomic, write_json_atomic
+from util.metrics import metric_card
 
 PACKAGES = ("torch", "torchvision", "transformers", "open_clip_torch", "timm", "segmentation-models-pytorch",
             "numpy", "pillow", "safetensors")
@@ -61,20 +59,18 @@ def model_config(model, threshold: float) -> dict:
 def write_run_card(run_dir: str, model, args, threshold: float, manifests: list[str], final: dict) -> None:
     """model.safetensors, config.json, provenance.json and README.md for a finished run (best weights)."""
     from safetensors.torch import save_model
-    save_model(model, os.path.join(run_dir, "model.safetensors"))
+    with atomic_output(os.path.join(run_dir, "model.safetensors")) as tmp:
+        save_model(model, tmp)
     cfg = model_config(model, threshold)
     vocab = cfg["build_args"].get("tokenizer_path")
     if vocab and os.path.isfile(vocab):  # travel with the run: a copied folder needs no hub cache
         shutil.copyfile(vocab, os.path.join(run_dir, "vocab.txt"))
         cfg["build_args"]["tokenizer_path"] = "vocab.txt"
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
+    write_json_atomic(os.path.join(run_dir, "config.json"), cfg, indent=2)
     prov = {"seed": args.seed, "packages": package_versions(), "git": git_commit(),
             "manifests": {os.path.abspath(m): file_sha256(m) for m in sorted(set(manifests))}}
-    with open(os.path.join(run_dir, "provenance.json"), "w") as f:
-        json.dump(prov, f, indent=2)
-    with open(os.path.join(run_dir, "README.md"), "w") as f:
-        f.write(model_card(cfg, args, final, prov))
+    write_json_atomic(os.path.join(run_dir, "provenance.json"), prov, indent=2)
+    write_atomic(os.path.join(run_dir, "README.md"), model_card(cfg, args, final, prov))
 
 
 def model_card(cfg: dict, args, final: dict, prov: dict) -> str:

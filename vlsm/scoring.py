@@ -4,10 +4,7 @@ zeroshot.py and the study runner.
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -15,34 +12,10 @@ from torch.utils.data import DataLoader
 
 import engine
 from datasets import build_dataset, collate, swap_dataset_prompts
-from models import model_from_checkpoint
-
-from .checkpoint import new_dir, resolve_checkpoint
-from .metrics import EMPTY_MASK_RULE, RESOLUTION, metric_card
-from .summary import summarize
-
-
-@dataclass
-class TrainedRun:
-    """A trained model loaded from ``--checkpoint`` (a run folder, a file or ``last``)."""
-    model: object
-    ckpt: dict
-    path: str        # the checkpoint file (or the copied run folder)
-    run_dir: str
-    threshold: object  # --threshold if given, else the run's, else the model's ("auto" passes through)
-
-    @property
-    def args(self) -> dict:
-        """The training options the run was started with."""
-        return self.ckpt.get("args", {})
-
-
-def load_trained(checkpoint: str, output_dir: str, device, threshold=None) -> TrainedRun:
-    path, run_dir = resolve_checkpoint(checkpoint, output_dir)
-    model, ckpt = model_from_checkpoint(path, device)
-    if threshold is None:
-        threshold = ckpt.get("threshold", model.default_threshold)
-    return TrainedRun(model, ckpt, path, run_dir, threshold)
+from util.checkpoint import new_dir
+from util.io import write_csv_atomic, write_json_atomic
+from util.metrics import metric_card
+from util.summary import summarize
 
 
 def results_name(data: str, split: str, prompt: str, manifest: str | None = None, swap_prompts: bool = False,
@@ -121,20 +94,14 @@ def score(model, data: str, split: str, prompt: str, threshold: float, device, *
     res = engine.evaluate(model, loader, device, threshold, per_image=True, save_fn=save_fn,
                           amp=device.type == "cuda")
     rows = res.pop("rows")
-    with open(os.path.join(out_dir, "per_image.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["dice"])
-        w.writeheader()
-        w.writerows(rows)
+    write_csv_atomic(os.path.join(out_dir, "per_image.csv"), rows, list(rows[0]) if rows else ["dice"])
     stats = summarize(rows)
     summary = {**stats, "data": data, "split": split, "prompt": prompt,
                "manifest": manifest or default_manifest(prompts_root, data, split),
                "swap_prompts": swap_prompts, "all_prompts": all_prompts,
                "threshold": threshold, **({"target": target} if target else {}), **(extra or {}),
-               "skipped": res["skipped"],
-               "metric_resolution": RESOLUTION, "empty_mask_rule": EMPTY_MASK_RULE,
-               "metric_card": metric_card(threshold)}
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+               "skipped": res["skipped"], "metric_card": metric_card(threshold)}
+    write_json_atomic(os.path.join(out_dir, "summary.json"), summary, indent=2)
     if not quiet:
         print(f"{data} {split} prompt {prompt}{' (swapped)' if swap_prompts else ''}: "
               f"Dice {stats['dice_mean']:.4f} ± {stats['dice_std']:.4f}  IoU {stats['iou_mean']:.4f} ± "

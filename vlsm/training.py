@@ -26,15 +26,17 @@ from datasets import build_dataset, collate
 from datasets.cache import enable_cache, loader_workers
 from models import create_model, get_preset, get_spec, model_from_checkpoint, resolve_weights
 from models.registry import PRESET_KEYS
+from util import distributed
+from util.checkpoint import Checkpointer, load_checkpoint, new_dir, rng_state, set_rng_state, write_last_run
+from util.io import write_atomic, write_json_atomic
+from util.metrics import upsample_logits
+from util.runtime import amp_dtype, forward_batch, pick_device, seed_everything
 
-from . import cli, distributed
-from .checkpoint import Checkpointer, load_checkpoint, new_dir, rng_state, set_rng_state, write_last_run
+from . import cli
 from .feature_cache import FeatureCache, check_usable
 from .losses import SegLoss
-from .metrics import upsample_logits
 from .optim import build_optimizer, build_scheduler
 from .run_card import dataset_manifests, write_run_card
-from .runtime import amp_dtype, forward_batch, pick_device, seed_everything
 from .scoring import pick_threshold, score
 
 # The embedded default (tiny model on synthetic data) trains with these unless given on the command line.
@@ -74,7 +76,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, key, value)
     args.preset_settings = {k: getattr(args, k) for k in PRESET_KEYS}
     args.preset_overridden = [k for k in PRESET_KEYS if getattr(args, k) != preset.get(k)]
-    if getattr(args, "multiclass", False) and get_spec(args.model).uses_text:
+    if args.multiclass and get_spec(args.model).uses_text:
         raise ValueError(f"--multiclass is for the text-free models (unet, unetplusplus, deeplabv3plus); {args.model} "
                          f"reads the prompt, which names the target of each record")
     return args
@@ -131,7 +133,7 @@ def build_model(args):
         cfg["cris_checkpoint"] = args.cris_checkpoint
     if args.model == "cris" and args.dropout is not None:
         cfg["dropout"] = args.dropout
-    if getattr(args, "multiclass", False):
+    if args.multiclass:
         cfg["class_names"] = list(multiclass_classes(args))
     return create_model(args.model, weights=args.weights, size=args.size,
                         freeze_image_encoder=args.freeze_image_encoder,
@@ -140,14 +142,14 @@ def build_model(args):
 
 def make_loaders(args, model, device):
     kw = dict(model=model, prompt=args.prompt, data_root=args.data_root, prompts_root=args.prompts_root,
-              on_bad_sample=args.on_bad_sample, drop_duplicates=getattr(args, "drop_duplicates", False),
-              target=getattr(args, "target", None))
+              on_bad_sample=args.on_bad_sample, drop_duplicates=args.drop_duplicates,
+              target=args.target)
     with distributed.rank_zero_first():  # under torchrun rank 0 builds the data cache (and synthetic data) first
         train_ds = build_dataset(args.data, "train", train=True, augment=args.augment,
-                                 per_image=getattr(args, "multiclass", False), **kw)
+                                 per_image=args.multiclass, **kw)
         val_ds = build_dataset(args.data, "val", return_original=True, **kw)
-        if not getattr(args, "no_cache", False):  # images and masks decoded and resized once (datasets/cache.py)
-            cache_dir = getattr(args, "cache_dir", None) or os.path.join(args.data_root, ".cache")
+        if not args.no_cache:  # images and masks decoded and resized once (datasets/cache.py)
+            cache_dir = args.cache_dir or os.path.join(args.data_root, ".cache")
             enable_cache(train_ds, cache_dir)
             enable_cache(val_ds, cache_dir)
     def common(ds):  # cached, un-augmented data is read in this process: workers would only copy it
@@ -247,7 +249,7 @@ def _setup(args) -> Run:
     seed_everything(args.seed)
     amp = device.type == "cuda" and args.amp != "off"
     model = build_model(args).to(device)
-    if getattr(args, "cache_features", False):
+    if args.cache_features:
         check_usable(model, args.augment)
     if device.type == "cuda" and not getattr(model, "uses_text", True):  # the CNNs: channels_last convolutions
         model = model.to(memory_format=torch.channels_last)
@@ -258,14 +260,14 @@ def _setup(args) -> Run:
           f"{' + AMP ' + str(amp_dtype(device)).replace('torch.', '') if amp else ''}"
           f"{f' x {distributed.world_size()} processes' if distributed.enabled() else ''}", flush=True)
     args.parameters = counts
-    if getattr(args, "preset_settings", None):
+    if args.preset_settings:
         print(describe_start(args, counts), flush=True)
     threshold = args.threshold if args.threshold not in (None, "auto") else model.default_threshold
     train_loader, val_loader = make_loaders(args, model, device)
     optimizer = build_optimizer(model, args.optimizer, args.lr, args.weight_decay, args.encoder_lr)
-    scheduler = build_scheduler(optimizer, getattr(args, "scheduler", None) or "plateau", args.lr_patience or 5)
+    scheduler = build_scheduler(optimizer, args.scheduler or "plateau", args.lr_patience or 5)
     scaler = torch.amp.GradScaler("cuda") if amp and amp_dtype(device) == torch.float16 else None  # bf16 needs none
-    loss_cls = PerTargetLoss if getattr(args, "multiclass", False) else SegLoss
+    loss_cls = PerTargetLoss if args.multiclass else SegLoss
     run = Run(args, device, model, optimizer, scheduler, scaler, loss_cls(args.loss, args.bce_weight),
               train_loader, val_loader, threshold, amp)
     _speed_setup(run)
@@ -275,7 +277,7 @@ def _setup(args) -> Run:
 def _speed_setup(run: Run) -> None:
     """--cache-features (encoders once), DistributedDataParallel under torchrun, --compile on CUDA."""
     a, net = run.args, run.model
-    if getattr(a, "cache_features", False):
+    if a.cache_features:
         t0 = time.time()
         run.features = FeatureCache(run.model, run.device, run.amp, batch_size=a.batch_size)
         n = run.features.add_dataset(run.train_loader.dataset) + run.features.add_dataset(run.val_loader.dataset)
@@ -284,7 +286,7 @@ def _speed_setup(run: Run) -> None:
               f"the decoder trains from them", flush=True)
         net = run.features.decoder
     net = distributed.wrap_model(net, run.device)
-    if getattr(a, "compile", False):
+    if a.compile:
         if run.device.type == "cuda":
             net = torch.compile(net)
         else:
@@ -300,8 +302,7 @@ def start(args) -> Run:
     default = os.path.join(args.output_dir, args.data.replace(",", "+"), args.model, args.prompt, stamp)
     if distributed.is_main():  # under torchrun only rank 0 writes
         run.run_dir = new_dir(args.out, default, "run folders")
-        with open(os.path.join(run.run_dir, "args.json"), "w") as f:
-            json.dump(vars(args), f, indent=2)
+        write_json_atomic(os.path.join(run.run_dir, "args.json"), vars(args), indent=2)
         write_last_run(args.output_dir, run.run_dir)
         run.checkpointer.save(run.state(0))  # last.pth always holds an epoch boundary, so every resume is exact
     run.run_dir = distributed.broadcast_object(run.run_dir)
@@ -332,7 +333,9 @@ def resume(args) -> Run:
     _check_resume_options(args, saved)
     ckpt = load_checkpoint(os.path.join(run_dir, "last.pth") if os.path.isdir(args.resume) else args.resume)
     changes = {k: getattr(args, k) for k in RESUMABLE if getattr(args, k) is not None}
-    run = _setup(argparse.Namespace(**{**saved, **changes, "resume": args.resume}))
+    # the defaults once (a run saved before an option existed gets its default), then the run's, then changes
+    defaults = vars(cli.train_options().parse_args([]))
+    run = _setup(argparse.Namespace(**{**defaults, **saved, **changes, "resume": args.resume}))
     run.run_dir = run_dir
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
@@ -458,16 +461,15 @@ def finish(run: Run, stopped_by: str, minutes: float) -> dict:
                                   eval_root=os.path.join(run.run_dir, "eval"), data_root=a.data_root,
                                   prompts_root=a.prompts_root, workers=a.workers, on_bad_sample=a.on_bad_sample,
                                   extra={"checkpoint": os.path.join(run.run_dir, "best.pth")},
-                                  drop_duplicates=getattr(a, "drop_duplicates", False),
-                                  target=getattr(a, "target", None))
+                                  drop_duplicates=a.drop_duplicates,
+                                  target=a.target)
         except ValueError as e:  # e.g. a dataset without a test split
             print(f"no test evaluation: {e}")
     manifests = dataset_manifests(run.train_loader.dataset) + dataset_manifests(run.val_loader.dataset)
     if final.get("test", {}).get("manifest"):
         manifests.append(final["test"]["manifest"])
     write_run_card(run.run_dir, model, a, threshold, [m for m in manifests if os.path.isfile(m)], final)
-    with open(os.path.join(run.run_dir, "final.json"), "w") as f:
-        json.dump(final, f, indent=2)
+    write_json_atomic(os.path.join(run.run_dir, "final.json"), final, indent=2)
     return {"run_dir": run.run_dir, **final}
 
 
@@ -494,8 +496,7 @@ def _truncate_metrics(path: str, start_epoch: int) -> None:
         return
     with open(path) as f:
         rows = [line for line in f if line.strip() and json.loads(line)["epoch"] < start_epoch]
-    with open(path, "w") as f:
-        f.writelines(rows)
+    write_atomic(path, "".join(rows))
 
 
 def grid_images(batch: dict, logits: torch.Tensor, mean, std, n: int = 4) -> torch.Tensor:

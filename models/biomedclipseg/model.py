@@ -36,21 +36,15 @@ class BiomedCLIPSeg(SegModel):
     def text_encoder_modules(self) -> list[nn.Module]:
         return [self.text]
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if input_ids is None:
-            raise ValueError("BiomedCLIPSeg needs tokenized prompts (input_ids); use model.tokenize(texts)")
-        if input_ids.shape[0] != pixel_values.shape[0]:
-            raise ValueError(f"{input_ids.shape[0]} prompts for {pixel_values.shape[0]} images")
-        return self.decode(self.vision_activations(pixel_values), self.text_embedding(input_ids, attention_mask))
-
-    # the three parts, as CLIPSeg has them (the frozen-encoder feature cache, vlsm/feature_cache.py, calls them)
-    def vision_activations(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    # the three parts (SegModel.forward composes them), as CLIPSeg has them
+    def encode_image(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """The outputs of ``visual.trunk.blocks[i]`` for each ``i`` in ``extract_layers``, [B, 1 + N, D] each."""
         return self.visual.tapped_hidden_states(pixel_values, self.extract_layers)
 
-    def text_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The conditional embedding: PubMedBERT's [CLS] token through BiomedCLIP's projection, [B, embed_dim]."""
         return self.text(input_ids, attention_mask)
 
-    def decode(self, activations: list[torch.Tensor], cond: torch.Tensor) -> torch.Tensor:
-        """The decoder alone: tapped activations + text embedding -> logits (B, 1, h, w)."""
-        return self.decoder(activations, cond).logits.unsqueeze(1)  # decoder gives [B, H, W]
+    def decode(self, image_features: list[torch.Tensor], text_features: torch.Tensor) -> torch.Tensor:
+        """The CLIPSeg decoder: tapped activations + conditional embedding -> logits (B, 1, h, w)."""
+        return self.decoder(image_features, text_features).logits.unsqueeze(1)  # decoder gives [B, H, W]

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlsm.checkpoint import atomic_torch_save, read_state_dict
+from util.checkpoint import atomic_torch_save, read_state_dict
 
 from ..hub import download_command, hub_file
 from ..registry import BIOMEDCLIP_HUB_ID

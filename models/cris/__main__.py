@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from vlsm.cli import run_cli
+from util.errors import run_cli
 
 from ..registry import model_from_checkpoint
 from .checkpoint import save_cris_checkpoint

@@ -1,5 +1,5 @@
 """CRIS weights on disk: state dicts and checkpoints in the original CRIS naming and format, and OpenAI's
-CLIP RN50 weights for the backbone.  Every file is read through :mod:`vlsm.checkpoint` (never unpickles code)."""
+CLIP RN50 weights for the backbone.  Every file is read through :mod:`util.checkpoint` (never unpickles code)."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ from collections import OrderedDict
 import torch
 from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 
-from vlsm.checkpoint import atomic_torch_save, load_torch_file, read_state_dict, strip_key_prefixes
+from util.checkpoint import atomic_torch_save, load_torch_file, read_state_dict, strip_key_prefixes
 
 from ..hub import download_command, offline
 from .model import CRIS
@@ -88,7 +88,7 @@ def load_cris_checkpoint(model: CRIS, path: str) -> dict:
     """Load a checkpoint of the original CRIS training code (``{'state_dict': {'module.…': …}, 'epoch', …}``),
     a project checkpoint with ``state_dict``/``model``, or a bare state dict.  Returns the other entries."""
     ckpt = load_torch_file(path, "CRIS checkpoint")
-    if not isinstance(ckpt, dict):  # a file holding the wrong thing is a bad value, as in vlsm.checkpoint
+    if not isinstance(ckpt, dict):  # a file holding the wrong thing is a bad value, as in util.checkpoint
         raise ValueError(f"CRIS checkpoint '{path}' holds a {type(ckpt).__name__}, expected a dict")  # noqa: TRY004
     for key in ("state_dict", "model"):
         if isinstance(ckpt.get(key), dict):

@@ -13,7 +13,9 @@ from .decoder import FPNNeck, Projector, VisionLanguageDecoder
 
 class CRIS(SegModel):
     """CRIS as a :class:`SegModel`: ``forward(pixel_values, input_ids, attention_mask=None)`` -> logits
-    (B, 1, S/4, S/4).  Images are CLIP-normalised; threshold 0.35 on the sigmoid as in the original."""
+    (B, 1, S/4, S/4), i.e. ``decode(encode_image(...), encode_text(...))``: backbone features C3-C5, text features
+    (words, state, padding mask), then neck + decoder + projector.  Images are CLIP-normalised; threshold 0.35 on
+    the sigmoid as in the original."""
 
     name = "cris"
     image_mean = CLIP_MEAN
@@ -42,13 +44,16 @@ class CRIS(SegModel):
         bb = self.backbone
         return [bb.token_embedding, bb.transformer, bb.ln_final, self._text_params]
 
-    # ---- encoders ----------------------------------------------------------------------------
-    def encode_image(self, x: torch.Tensor, intermediates: dict | None = None):
-        """-> C3 (stride 8), C4 (stride 16), C5 (stride 32, embed_dim channels)."""
+    # ---- encoders and decoder (forward composes them) ------------------------------------------
+    def encode_image(self, pixel_values: torch.Tensor, intermediates: dict | None = None):
+        """-> (C3 (stride 8), C4 (stride 16), C5 (stride 32, embed_dim channels)): the backbone's features."""
+        s = pixel_values.shape[-1]
+        if pixel_values.shape[-2] != s or s % 32:
+            raise ValueError(f"CRIS needs square images with a side divisible by 32, got {tuple(pixel_values.shape)}")
         keep = intermediates if intermediates is not None else {}
         v = self.backbone.visual
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen["image"]):
-            x = v.layer1(v.stem(x.to(v.conv1.weight.dtype)))
+            x = v.layer1(v.stem(pixel_values.to(v.conv1.weight.dtype)))
             c3 = v.layer2(x)
             c4 = v.layer3(c3)
             x4 = v.layer4(c4)
@@ -57,8 +62,10 @@ class CRIS(SegModel):
                      "backbone.C5": c5})
         return c3, c4, c5
 
-    def encode_text(self, input_ids: torch.Tensor, intermediates: dict | None = None):
-        """-> word features (B, L, width) after ln_final, sentence state (B, embed_dim)."""
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    intermediates: dict | None = None):
+        """-> (word features (B, L, width) after ln_final, sentence state (B, embed_dim), padding mask (B, L),
+        True where the decoder ignores a word position)."""
         keep = intermediates if intermediates is not None else {}
         bb = self.backbone
         L = input_ids.shape[1]
@@ -72,8 +79,9 @@ class CRIS(SegModel):
             words = bb.ln_final(x)
             eot = input_ids.argmax(dim=-1)
             state = words[torch.arange(words.shape[0], device=words.device), eot] @ bb.text_projection
-        keep.update({"text.word": words, "text.state": state})
-        return words, state
+        pad = self.padding_mask(input_ids, attention_mask)
+        keep.update({"text.word": words, "text.state": state, "pad_mask": pad})
+        return words, state, pad
 
     def padding_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """True where a word position must be ignored: ``attention_mask == 0`` if given, else ``ids == pad_id``."""
@@ -81,25 +89,23 @@ class CRIS(SegModel):
             return attention_mask.to(input_ids.device) == 0
         return input_ids == self.pad_id
 
+    def decode(self, image_features, text_features, intermediates: dict | None = None) -> torch.Tensor:
+        """CRIS's decoder: the text-fused neck, the vision-language decoder and the projector
+        -> logits (B, 1, S/4, S/4)."""
+        keep = intermediates if intermediates is not None else {}
+        c3, c4, c5 = image_features
+        words, state, pad = text_features
+        fq = self.neck(c3, c4, c5, state, intermediates)
+        b, c, h, w = fq.shape
+        fq = self.decoder(fq, words, pad, intermediates).reshape(b, c, h, w)
+        keep["decoder.out_reshaped"] = fq
+        return self.proj(fq, state, intermediates)
+
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, return_intermediates: bool = False):
         """Logits (B, 1, S/4, S/4); with ``return_intermediates`` also the dict of named intermediate tensors."""
-        if input_ids is None:
-            raise ValueError("CRIS needs a text prompt (input_ids); use prompt p0 for an empty prompt")
-        if input_ids.shape[0] != pixel_values.shape[0]:
-            raise ValueError(f"got {pixel_values.shape[0]} images but {input_ids.shape[0]} prompts")
-        s = pixel_values.shape[-1]
-        if pixel_values.shape[-2] != s or s % 32:
-            raise ValueError(f"CRIS needs square images with a side divisible by 32, got {tuple(pixel_values.shape)}")
+        self.check_inputs(pixel_values, input_ids)
         inter = {} if return_intermediates else None  # None: no intermediate is kept alive past its use
-        c3, c4, c5 = self.encode_image(pixel_values, inter)
-        words, state = self.encode_text(input_ids, inter)
-        pad = self.padding_mask(input_ids, attention_mask)
-        fq = self.neck(c3, c4, c5, state, inter)
-        b, c, h, w = fq.shape
-        fq = self.decoder(fq, words, pad, inter).reshape(b, c, h, w)
-        logits = self.proj(fq, state, inter)
-        if inter is None:
-            return logits
-        inter.update({"pad_mask": pad, "decoder.out_reshaped": fq})
-        return logits, inter
+        logits = self.decode(self.encode_image(pixel_values, inter),
+                             self.encode_text(input_ids, attention_mask, inter), inter)
+        return logits if inter is None else (logits, inter)

@@ -14,6 +14,8 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from .io import atomic_output
+
 LAST_RUN_FILE = "last_run.txt"
 
 
@@ -78,20 +80,9 @@ def load_torch_file(path: str, what: str = "checkpoint", map_location="cpu"):
 
 
 def atomic_torch_save(obj, path: str) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: never a half-written checkpoint."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """``torch.save`` through a temporary file, fsync and rename: never a half-written checkpoint."""
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def rng_state() -> dict:

@@ -16,33 +16,25 @@ Conditions (one ``score`` each, results under ``<out>/<data>__<condition>/``):
 ``text_gain`` = Dice(right) - Dice(empty).  ``survival[c]`` = Dice(c) / Dice(right on the same records):
 the share of the right-prompt Dice that is left when the text is wrong (1 = the text is ignored).
 
-This module also holds the library form of the prompt perturbations (paper's Figure 3) that the study runner
-and the text-reliance report share: :func:`perturb_records` rebuilds the prompts of a manifest's records from
-their ``"attributes"`` with one attribute changed (real datasets: ``datasets.prompt_templates``; the synthetic
-data: its own templates).
+The perturbed-attribute conditions use ``datasets.perturb.perturb_records`` (the one library form of the
+paper's Figure 3 perturbations, shared with ``perturb_prompts.py`` and the study runner).
 """
 from __future__ import annotations
 
 import csv
-import json
 import os
 import random
 
-from datasets.manifest import load_manifest, swap_prompts, write_json_atomic
-from datasets.perturb import DEFAULT_ATTRIBUTES as ATTRIBUTES  # noqa: F401
-from datasets.perturb import KINDS, perturb_records  # noqa: F401
+from datasets.manifest import load_manifest, swap_prompts
+from datasets.perturb import DEFAULT_ATTRIBUTES, has_attributes, perturb_records
+from util.io import write_atomic, write_csv_atomic, write_json_atomic
+from util.metrics import metric_card
 
-from .metrics import metric_card
 from .scoring import score
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_CONDITIONS = ("right", "empty", "other_target", "other_image", "gibberish")
 CONDITION_LABELS = {"right": "right prompt", "empty": "empty prompt", "other_target": "other target, same image",
                     "other_image": "prompt of another image", "gibberish": "gibberish (same length)"}
-
-
-def has_attributes(records: list[dict]) -> bool:
-    return all(isinstance(r.get("attributes"), dict) for r in records)
 
 
 # ----------------------------------------------------------------------------- wrong prompts
@@ -113,7 +105,7 @@ def _mean(values) -> float:
 
 def text_reliance(model, data: str, prompt: str, threshold: float, device, out_dir: str, *,
                   data_root: str = "data", prompts_root: str = "prompts_json", split: str = "test",
-                  attributes=ATTRIBUTES, kinds=("opposite",), seed: int = 0, batch_size: int = 16,
+                  attributes=DEFAULT_ATTRIBUTES, kinds=("opposite",), seed: int = 0, batch_size: int = 16,
                   workers: int = 0, extra: dict | None = None, quiet: bool = True, plot: bool = True) -> dict:
     """Score every condition on ``data``/``split`` and write ``text_reliance.json``/``.md``/``.csv`` (and
     ``text_reliance.png``) into ``out_dir`` (created; must not hold a report yet).  Returns the report."""
@@ -166,16 +158,12 @@ def text_reliance(model, data: str, prompt: str, threshold: float, device, out_d
               "conditions": rows, "text_gain": by["right"]["dice_mean"] - by["empty"]["dice_mean"],
               "survival": {r["condition"]: r["survival"] for r in rows if r["condition"] != "right"},
               "metric_card": metric_card(threshold)}
-    write_json_atomic(os.path.join(out_dir, "text_reliance.json"), report)
-    with open(os.path.join(out_dir, "text_reliance.md"), "w") as f:
-        f.write(format_report(report) + "\n")
-    with open(os.path.join(out_dir, "text_reliance.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["condition", "label", "n", "dice_mean", "dice_std", "survival", "note"],
-                           extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    write_atomic(os.path.join(out_dir, "text_reliance.md"), format_report(report) + "\n")
+    write_csv_atomic(os.path.join(out_dir, "text_reliance.csv"), rows,
+                     ["condition", "label", "n", "dice_mean", "dice_std", "survival", "note"])
     if plot:
         plot_report(report, os.path.join(out_dir, "text_reliance.png"))
+    write_json_atomic(os.path.join(out_dir, "text_reliance.json"), report)  # last: the study's done marker
     return report
 
 
@@ -228,7 +216,3 @@ def plot_report(report: dict, path: str) -> str:
     plt.close(fig)
     return path
 
-
-def load_report(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
