@@ -15,6 +15,9 @@
    cheapest forward there is, so that the metric's share of the cost is the largest.
 4. one training step and one evaluation step of every full-size model at its input size (random weights);
    on CUDA with AMP (bf16 where supported), channels_last for the CNNs, images/s and peak memory.
+5. ways to train CLIPSeg base: full fine-tuning, decoder only, VLSM-Adapter shallow/dense, LoRA, CoOp, VPT
+   (models/peft): trainable parameters, training step time and (CUDA) peak memory, each against full fine-tuning.
+6. the app (vlsm/app): 5 prompts against 1 on one image, with the image encoded once.
 """
 from __future__ import annotations
 
@@ -65,7 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "biomedclipseg_d is biomedclipseg with another decoder initialisation: the same at random init)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per model (default 1 CPU, 10 CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the models of the per-model steps (CUDA)")
-    p.add_argument("--skip", default="", help="sections to skip: data,features,eval,models")
+    p.add_argument("--skip", default="", help="sections to skip: data,features,eval,models,peft,prompts")
     return p
 
 
@@ -279,12 +282,9 @@ def bench_eval(args, device, work, model, data, fc: FeatureCache | None) -> dict
     return out
 
 
-def bench_model(name, args, device) -> dict:
-    cfg = {}
-    if name.startswith("biomedclipseg"):  # random weights have no PubMedBERT vocabulary: a tiny one tokenizes
-        from models.biomedclipseg import default_tiny_vocab
-        cfg["tokenizer_path"] = default_tiny_vocab()
-    model = create_model(name, weights=None, size="base", **cfg).to(device)
+def _time_steps(model, args, device) -> dict:
+    """One training step and one evaluation step of ``model`` at its input size, batch ``args.model_batch``
+    (random inputs), after a warm-up: seconds, images/s and, on CUDA, peak memory."""
     if device.type == "cuda" and not model.uses_text:
         model = model.to(memory_format=torch.channels_last)
         model.channels_last = True
@@ -315,15 +315,57 @@ def bench_model(name, args, device) -> dict:
     engine.evaluate(net, [batch] * steps, device, amp=amp)
     sync(device)
     eval_s = (time.perf_counter() - t) / steps
-    out = {"input": s, "batch": b, "params_M": model.parameter_counts()["total"] / 1e6, "train_s_per_step": train_s,
-           "eval_s_per_step": eval_s, "train_img_s": b / train_s, "eval_img_s": b / eval_s}
+    counts = model.parameter_counts()
+    out = {"input": s, "batch": b, "params_M": counts["total"] / 1e6, "trainable": counts["trainable"],
+           "train_s_per_step": train_s, "eval_s_per_step": eval_s, "train_img_s": b / train_s,
+           "eval_img_s": b / eval_s}
     if peak_train is not None:
         out["peak_train_GiB"] = peak_train
         out["peak_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30
-    del model, net, opt
+    del net, opt
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out
+
+
+def bench_model(name, args, device) -> dict:
+    cfg = {}
+    if name.startswith("biomedclipseg"):  # random weights have no PubMedBERT vocabulary: a tiny one tokenizes
+        from models.biomedclipseg import default_tiny_vocab
+        cfg["tokenizer_path"] = default_tiny_vocab()
+    return _time_steps(create_model(name, weights=None, size="base", **cfg).to(device), args, device)
+
+
+#: section 5: how CLIPSeg base is trained -> (freeze both encoders, --peft method, its options)
+PEFT_SETTINGS = {"full fine-tuning": (False, None, {}), "decoder only": (True, None, {}),
+                 "adapter-shallow": (False, "adapter-shallow", {}), "adapter-dense": (False, "adapter-dense", {}),
+                 "lora r8": (False, "lora", {}), "coop": (False, "coop", {}), "vpt deep": (False, "vpt",
+                                                                                          {"vpt_deep": True})}
+
+
+def bench_peft(args, device) -> dict:
+    """Trainable parameters, training step time and peak memory of each way to train CLIPSeg base
+    (random weights), against full fine-tuning."""
+    from models.peft import apply_peft
+    out = {}
+    for label, (frozen, method, opts) in PEFT_SETTINGS.items():
+        torch.manual_seed(0)
+        model = create_model("clipseg", weights=None, size="base", freeze_image_encoder=frozen,
+                             freeze_text_encoder=frozen)
+        if method:
+            apply_peft(model, method, **opts)
+        out[label] = _time_steps(model.to(device), args, device)
+        del model
+    return out
+
+
+def bench_prompts(args, device) -> dict | None:
+    """The app's cost of 5 prompts against 1 on one image (one image encoding + N text encodings and decodes)."""
+    try:
+        from vlsm.app import bench_app
+    except ImportError:
+        return None
+    return bench_app(device=device)
 
 
 # ----------------------------------------------------------------------------------------------------- main
@@ -395,6 +437,24 @@ def main(args) -> dict:
                 line = (f"   {name:16s} {r['input']:>5} {r['params_M']:>7.1f}M {r['train_s_per_step']:>12.3f} "
                         f"{r['eval_s_per_step']:>11.3f} {r['train_img_s']:>11.1f} {r['eval_img_s']:>10.1f}")
                 print(line + ("" if cpu else f" {r['peak_GiB']:>8.2f}"), flush=True)
+        if "peft" not in skip:
+            print(f"\n5. ways to train CLIPSeg base (random weights), batch {args.model_batch}, one training step "
+                  f"(docs/peft.md)")
+            print(f"   {'method':18s} {'trainable':>12} {'share':>7} {'train s/step':>12} {'vs full':>8}"
+                  + ("" if cpu else f" {'peak GiB':>8} {'vs full':>8}"))
+            r = results["peft"] = bench_peft(args, device)
+            full = r["full fine-tuning"]
+            for label, x in r.items():
+                line = (f"   {label:18s} {x['trainable']:>12,} {x['trainable'] / full['trainable']:>6.1%} "
+                        f"{x['train_s_per_step']:>12.3f} {x['train_s_per_step'] / full['train_s_per_step']:>7.2f}x")
+                if not cpu:
+                    line += f" {x['peak_train_GiB']:>8.2f} {x['peak_train_GiB'] / full['peak_train_GiB']:>7.2f}x"
+                print(line, flush=True)
+        if "prompts" not in skip:
+            print("\n6. the prompt explorer (vlsm/app), one image, the image encoded once:")
+            r = results["prompts"] = bench_prompts(args, device)
+            if r is None:
+                print("   skipped: the app's extra is not installed (requirements-app.txt)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("\nratios (targets in brackets):")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from util.metrics import dice_iou_from_counts, score_at_sizes
+from util.metrics import dice_iou_from_counts, hd95, score_at_sizes
 from util.runtime import autocast, forward_batch, loss_is_finite
 
 
@@ -82,7 +82,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, epoch: int, scale
 
 
 ROW_FIELDS = {"dataset": "dataset", "name": "img_name", "mask_name": "mask_name", "text": "prompt"}
-NOT_PASSED = set(ROW_FIELDS) | {"skipped", "image", "mask", "orig_mask", "orig_size", "index", "features"}
+NOT_PASSED = set(ROW_FIELDS) | {"skipped", "image", "mask", "orig_mask", "orig_size", "index", "features", "spacing"}
 
 
 def evaluate(model, loader, device, threshold: float = 0.5, amp: bool = False, loss_fn=None,
@@ -94,6 +94,8 @@ def evaluate(model, loader, device, threshold: float = 0.5, amp: bool = False, l
     (what util.distributed adds up across processes) and the per-image rows when ``per_image`` (extra
     per-sample string fields of the batch, e.g. ``prompt_key``, are passed through).
     ``save_fn(batch_item, pred_bool)`` is called for every prediction at original size (used by --save-masks).
+    Per-image rows also carry HD95 (``hd95_px``; ``hd95_mm`` where the batch gives each image's ``spacing``):
+    computed on the host from the masks at original size, so only when ``per_image``.
     """
     model.eval()
     rows, skipped = [], []
@@ -112,21 +114,25 @@ def evaluate(model, loader, device, threshold: float = 0.5, amp: bool = False, l
             if loss_fn is not None:
                 loss_sum += loss_fn(logits, batch["mask"].to(device, non_blocking=True))["loss"].item() * n
             targets = batch["orig_mask"] if "orig_mask" in batch else batch["mask"][:, 0] >= 0.5
-            res = score_at_sizes(logits, targets, threshold, keep_masks=save_fn is not None)
-            counts, masks = res if save_fn is not None else (res, None)
+            keep = save_fn is not None or per_image
+            res = score_at_sizes(logits, targets, threshold, keep_masks=keep)
+            counts, masks = res if keep else (res, None)
             dice, iou = dice_iou_from_counts(counts)
             dice_parts.append(dice)
             iou_parts.append(iou)
             if per_image:
                 sizes = [int(t.shape[-2]) * int(t.shape[-1]) for t in targets]
                 extra = [k for k, v in batch.items() if k not in NOT_PASSED and isinstance(v, list) and len(v) == n
-                         and all(isinstance(x, str) for x in v)]
+                         and all(isinstance(x, str) or x is None for x in v) and any(isinstance(x, str) for x in v)]
                 c, d, j = counts.tolist(), dice.tolist(), iou.tolist()
                 for i in range(n):
                     row = {col: batch[k][i] for k, col in ROW_FIELDS.items()}
                     row.update(dice=d[i], iou=j[i], gt_pixels=c[i][2], pred_pixels=c[i][1], inter_pixels=c[i][0],
-                               pixels=sizes[i])
-                    row.update({k: batch[k][i] for k in extra})
+                               pixels=sizes[i], hd95_px=hd95(masks[i], targets[i]))
+                    spacing = (batch.get("spacing") or [None] * n)[i]
+                    if spacing is not None:
+                        row["hd95_mm"] = hd95(masks[i], targets[i], spacing)
+                    row.update({k: batch[k][i] or "" for k in extra})
                     rows.append(row)
             if save_fn is not None:
                 for i in range(n):

@@ -3,8 +3,10 @@
     python perturb_prompts.py --manifest prompts_json/kvasir/test.json --out prompts_json/kvasir/perturbed
 
 For each (attribute, kind) one manifest ``<out-dir>/<stem>__<attribute>__<kind>.json`` is written,
-whose prompts are rebuilt from each record's ``"attributes"`` (so ``make_prompts.py`` must have
-run) with one attribute changed:
+whose prompts have one attribute changed: rebuilt from each record's ``"attributes"`` (``make_prompts.py``),
+or, for the paper's released manifests (no attributes), with the value read back from the record's own prompts
+(P2 shape, P3 colour, P4 size, P5 number, P6 location) and only its words replaced, the released wording kept.
+A released record whose prompts do not follow its dataset's template is named, kept unperturbed and counted:
 
 * ``random_word``: the value becomes one uncommon English word from ``assets/uncommon_words.txt``
   (a per-target list becomes a one-word list);
@@ -12,7 +14,8 @@ run) with one attribute changed:
   benign <-> malignant, ...; ``datasets.prompt_templates.OPPOSITES``) or, where there is no
   opposite (medium, center, age), another value of the same attribute drawn at random;
   per-target lists are changed target by target;
-* ``drop``: the attribute is removed, so the templates leave it out of the sentence.
+* ``drop``: the attribute is removed, so the templates leave it out of the sentence;
+* ``same_set``: another value of the attribute from the values the manifest's records hold (Figure 4).
 
 Each record gets ``"perturbation": {"attribute", "kind", "from", "to", "changed"}``; a record
 without the attribute (e.g. an empty mask has no size) is kept unchanged with ``changed: false``.
@@ -37,6 +40,7 @@ from datasets.perturb import (  # noqa: F401
     perturb_manifest,
     perturb_record,
     perturb_value,
+    unmatched,
 )
 from util.errors import run_cli
 from util.io import write_json_atomic
@@ -45,13 +49,15 @@ from util.io import write_json_atomic
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("perturb_prompts.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", required=True, help="manifest with 'attributes' (run make_prompts.py first)")
+    p.add_argument("--manifest", required=True, help="manifest with 'attributes' (make_prompts.py), or the paper's "
+                   "released prompts (datasets.import_manifests)")
     p.add_argument("--out", required=True, help="folder for the perturbed manifests (made if missing)")
     p.add_argument("--data", default=None,
                    help="dataset name for the templates (default: the manifest's parent folder name)")
     p.add_argument("--attributes", default=",".join(DEFAULT_ATTRIBUTES),
                    help=f"comma-separated, from: {', '.join(PERTURBABLE)}")
-    p.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, from: {', '.join(KINDS)}")
+    p.add_argument("--kinds", default="random_word,opposite,drop",
+                   help=f"comma-separated, from: {', '.join(KINDS)} (default: all but same_set, Figure 4's kind)")
     p.add_argument("--seed", type=int, default=0, help="random seed for word choices (same seed, same files)")
     p.add_argument("--words", default=WORD_LIST, help="word list, one word a line ('#' comments)")
     return p
@@ -73,10 +79,18 @@ def main(args) -> list[dict]:
             path = os.path.join(args.out, f"{stem}__{attribute}__{kind}.json")
             write_json_atomic(path, new)
             n_changed = sum(r["perturbation"]["changed"] for r in new)
+            off = unmatched(new)
             outputs.append({"path": os.path.abspath(path), "attribute": attribute, "kind": kind,
-                            "changed": n_changed, "unchanged": len(new) - n_changed})
+                            "changed": n_changed, "unchanged": len(new) - n_changed,
+                            "unmatched": [{"img_name": n, "why": why} for n, why in off]})
+            lacking = sum(r["perturbation"]["from"] is None and not r["perturbation"].get("unmatched") for r in new)
+            kept = len(new) - n_changed - len(off) - lacking  # e.g. same_set where the dataset has one value
             print(f"[perturb] {path}: {n_changed}/{len(new)} records changed"
-                  + (f" ({len(new) - n_changed} without '{attribute}', unchanged)" if n_changed < len(new) else ""))
+                  + (f" ({lacking} without '{attribute}', unchanged)" if lacking else "")
+                  + (f" ({kept} with the dataset's only value, unchanged)" if kept else "")
+                  + (f"; {len(off)} do not follow the {dataset} template and are kept unperturbed: "
+                     + ", ".join(f"{n} ({why})" for n, why in off[:10]) + (" ..." if len(off) > 10 else "")
+                     if off else ""))
     index = {"source": os.path.abspath(args.manifest), "dataset": dataset, "seed": args.seed,
              "outputs": outputs}
     write_json_atomic(os.path.join(args.out, f"{stem}__index.json"), index)

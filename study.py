@@ -3,6 +3,7 @@ with a done marker, so an interrupted study resumes where it stopped and a faile
 
     python study.py studies/smoke.toml                   # run every missing cell here, one at a time; then the report
     python study.py studies/smoke.toml --dry-run         # list the cells and what is already done
+    python study.py studies/table4.toml --dry-run --json  # one JSON object per cell, every resolved setting
     python study.py studies/table3.toml --only model=clipseg --only kvasir
     python study.py studies/figure2.toml --gpus 0,1,2,3  # one cell per GPU
     python study.py studies/figure2.toml --executor slurm --partition gpu --time 240 --gpus-per-job 1
@@ -19,6 +20,7 @@ docs/studies.md.  The report (results.py) goes to <output_dir>/results/.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -31,6 +33,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="study file (TOML), e.g. studies/smoke.toml")
     g = p.add_argument_group("what to run")
     g.add_argument("--dry-run", action="store_true", help="print the cells and their state; run nothing")
+    g.add_argument("--json", action="store_true", help="with --dry-run: one JSON object per cell (id, model, data, "
+                   "prompt, preset, seed, steps, state, every resolved training setting, overrides of the preset)")
     g.add_argument("--only", action="append", default=[], metavar="PATTERN",
                    help="only cells matching: key=v1,v2 (model, data, prompt, preset, seed, freeze, kind, grid) or a "
                         "glob / word of the cell id; repeat to narrow further")
@@ -79,6 +83,11 @@ def main(args) -> list[dict]:
         report(study)
         return []
     if args.dry_run:
+        if args.json:
+            records = S.plan_records(study, cells)
+            for r in records:
+                print(json.dumps(r, default=str))
+            return records
         print(S.format_plan(study, cells))
         return []
     if not cells:

@@ -17,6 +17,7 @@ from torch.utils.data import ConcatDataset
 from .io import BadSampleError, read_image, read_mask
 from .manifest import ManifestDataset, ManifestError, collate, load_manifest, swap_prompts
 from .registry import DATASETS, DatasetInfo, dataset_names, get_dataset, parse_names
+from .subsets import fraction_subset
 from .synthetic import ensure_synthetic
 from .targets import ImageTargetsDataset, check_text_free, is_multi_target
 from .transforms import SegTransform
@@ -26,7 +27,8 @@ def build_dataset(data: str, split: str, model=None, prompt: str = "p1", train: 
                   data_root: str = "data", prompts_root: str = "prompts_json", manifest: str | None = None,
                   all_prompts: bool = False, return_original: bool = False, augment: bool = False,
                   on_bad_sample: str = "error", input_size: int | None = None, mean=None, std=None,
-                  drop_duplicates: bool = False, target: str | None = None, per_image: bool = False):
+                  drop_duplicates: bool = False, target: str | None = None, per_image: bool = False,
+                  train_fraction: float = 1.0, fraction_seed: int = 0):
     """Dataset for ``data`` (one name or comma-separated names) and ``split``.
 
     The transform uses ``model.input_size``/``image_mean``/``image_std`` unless given.
@@ -36,6 +38,8 @@ def build_dataset(data: str, split: str, model=None, prompt: str = "p1", train: 
     A model with ``class_names`` (``--multiclass``) gets each record's ``target_index``; ``per_image`` gives one
     item per image with a mask channel per class instead (its training set).  A text-free model on a dataset
     where one image has records with different masks needs ``target`` or ``class_names``.
+    ``train_fraction`` < 1 keeps a seeded, nested subset of each dataset's records (datasets.subsets); each part
+    records what it kept in ``part.subset``.
     """
     names = parse_names(data, data_root)  # built-ins and the datasets registered under data_root
     if manifest and len(names) != 1:
@@ -57,6 +61,9 @@ def build_dataset(data: str, split: str, model=None, prompt: str = "p1", train: 
                                prompt=prompt, transform=tf, train=train, all_prompts=all_prompts,
                                return_original=return_original, on_bad_sample=on_bad_sample, name=name,
                                drop_duplicates=drop_duplicates, target=target, class_names=class_names)
+        if train_fraction < 1.0:
+            part.records, part.subset = fraction_subset(part.records, train_fraction, fraction_seed)
+            part.samples = part._index()
         if model is not None and not getattr(model, "uses_text", True):
             check_text_free(getattr(model, "name", "this model"), name,
                             info.multi_target or is_multi_target(part.records), target, bool(class_names))

@@ -6,6 +6,12 @@ Mask rule (stated in ``--help`` of the scripts and in docs/reliability.md):
 - masks whose values are only {0, 1} are taken as binary as they are;
 - otherwise foreground = value >= 128 (>= 32768 when values exceed 255: 16-bit masks), so JPEG noise is ignored;
 - a mask with several small integer labels (e.g. {0,1,2,3}) is a label map and is refused.
+
+Medical files go through ``datasets.medical`` (docs/medical_files.md): DICOM (by name or preamble) and volumes
+(NIfTI, MetaImage, NRRD) are windowed to 8 bits there, one frame or slice at a time (``frame``, ``slice``,
+``axis``, ``window``: the reader choices a manifest record keeps); 16-bit and float PNG/TIFF are rescaled
+explicitly (``window``, default min..max), never clamped at 255 as Pillow's ``convert("L")`` does.  Masks in
+those files are sliced the same way, without a window.
 """
 from __future__ import annotations
 
@@ -34,12 +40,25 @@ def _open(path: str, what: str) -> Image.Image:
         raise BadSampleError(f"{what} {path} is too large to decode safely: {e}") from None
 
 
-def read_image(path: str, draft_size: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+def read_image(path: str, draft_size: int | None = None, frame: int | None = None, slice: int | None = None,
+               axis: int | None = None, window=None) -> tuple[Image.Image, tuple[int, int]]:
     """Return an RGB PIL image and the original (height, width).
 
     ``draft_size`` lets JPEG decode at a reduced scale (at least ``draft_size`` px) for speed;
-    the original size is still the file's size.
+    the original size is still the file's size.  ``frame``/``slice``/``axis``/``window``: the reader choices of
+    a medical file (module docstring); ``frame`` is also the page of a multi-page TIFF.
     """
+    from .medical import MedicalFileError, is_medical, read_medical
+    if is_medical(path):
+        try:
+            return _rgb_image(read_medical(path, frame=frame, slice=slice, axis=axis, window=window).pixels)
+        except MedicalFileError as e:
+            raise BadSampleError(str(e)) from None
+    if slice is not None or axis is not None:
+        raise BadSampleError(f"image {path} is not a volume: slice/axis do not apply (a record's reader options)")
     try:
         img = Image.open(path)
     except FileNotFoundError:
@@ -49,19 +68,41 @@ def read_image(path: str, draft_size: int | None = None) -> tuple[Image.Image, t
                              f"or pass --on-bad-sample skip") from None
     orig_hw = (img.height, img.width)
     try:
+        _seek(img, frame, path)
         if draft_size and img.format == "JPEG" and img.mode in ("RGB", "L"):
             img.draft("RGB", (draft_size, draft_size))
         img.load()
     except (OSError, SyntaxError, ValueError) as e:
         raise BadSampleError(f"cannot decode image {path}: {type(e).__name__}: {e}. The file is corrupt or truncated: "
                              f"re-export it, or pass --on-bad-sample skip to leave it out") from None
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / float grayscale: stretch to 8 bits
-        a = np.asarray(img, dtype=np.float64)
-        hi = a.max() if a.max() > 0 else 1.0
-        img = Image.fromarray(np.clip(a / hi * 255.0, 0, 255).astype(np.uint8))
+    if img.mode in HIGH_DEPTH_MODES:  # 16-bit / float grey: rescaled by a stated window, never clamped
+        from .medical import MedicalFileError, rescale_16bit
+        try:
+            return _rgb_image(rescale_16bit(np.asarray(img), path, window).pixels)
+        except MedicalFileError as e:
+            raise BadSampleError(str(e)) from None
+    if window is not None:
+        raise BadSampleError(f"image {path} is an 8-bit {img.mode} image: a window applies to DICOM, volumes and "
+                             f"16-bit images only")
     if img.mode != "RGB":
         img = img.convert("RGB")  # L, LA, RGBA (alpha dropped), P, CMYK, YCbCr
     return img, orig_hw
+
+
+def _rgb_image(pixels: np.ndarray) -> tuple[Image.Image, tuple[int, int]]:
+    """An RGB PIL image and (height, width) from uint8 HxW or HxWx3 pixels."""
+    img = Image.fromarray(np.ascontiguousarray(pixels))
+    return (img if img.mode == "RGB" else img.convert("RGB")), tuple(pixels.shape[:2])
+
+
+def _seek(img: Image.Image, frame: int | None, path: str) -> None:
+    """Go to page ``frame`` of a multi-page file (TIFF); a one-page file takes only frame 0 or None."""
+    if frame is None:
+        return
+    n = getattr(img, "n_frames", 1)
+    if not 0 <= int(frame) < n:
+        raise BadSampleError(f"{path} has {n} page(s); frame {frame} does not exist")
+    img.seek(int(frame))
 
 
 def mask_to_binary(arr: np.ndarray, path: str = "<array>", threshold: int | None = None) -> np.ndarray:
@@ -95,9 +136,26 @@ def mask_to_binary(arr: np.ndarray, path: str = "<array>", threshold: int | None
     return arr >= threshold
 
 
-def read_mask(path: str, threshold: int | None = None) -> np.ndarray:
-    """Read a mask file as bool HxW (see the module docstring for the rule)."""
+def read_mask(path: str, threshold: int | None = None, frame: int | None = None, slice: int | None = None,
+              axis: int | None = None) -> np.ndarray:
+    """Read a mask file as bool HxW (see the module docstring for the rule).  ``frame``/``slice``/``axis``: one
+    frame of a DICOM or multi-page TIFF mask, one slice of a mask volume, cut as the image is."""
+    from .medical import MedicalFileError, is_medical, read_medical_mask
+    if is_medical(path):
+        try:
+            values = read_medical_mask(path, frame=frame, slice=slice, axis=axis)
+        except MedicalFileError as e:
+            raise BadSampleError(str(e)) from None
+        return mask_to_binary(values, path, threshold)
+    if slice is not None or axis is not None:
+        raise BadSampleError(f"mask {path} is not a volume: slice/axis do not apply (a record's reader options)")
     img = _open(path, "mask")
+    if frame is not None:
+        try:
+            _seek(img, frame, path)
+            img.load()
+        except (OSError, EOFError) as e:
+            raise BadSampleError(f"cannot read page {frame} of mask {path}: {e}") from None
     if img.mode == "P":
         img = img.convert("RGB")
     if img.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LA"):

@@ -2,17 +2,30 @@
 
     python -m datasets.make_manifest --images DIR --masks DIR --name mydata [--class-name polyp]
            [--prompts FILE.csv] [--split 80/10/10 --seed 0] [--allow-empty] [--link]
+           [--window auto|file|ct-abdomen|...|L/W] [--axis 2] [--frame N] [--empty-slices drop|keep|sample]
            [--data-root data] [--prompts-root prompts_json] [--overwrite] [--dry-run]
     python -m datasets.make_manifest --check --name mydata      # validate an existing dataset, write nothing
     python -m datasets.make_manifest --check prompts_json/mydata
 
 Steps (docs/your_data.md has the walk-through)
 ----------------------------------------------
-1. Pairing by stem.  Images and masks are searched recursively (``.jpg .jpeg .png .tif .tiff .bmp``, any
-   case); an image ``sub/a.jpg`` pairs with the mask ``sub/a.<ext>`` or ``sub/a<suffix>.<ext>`` where the
+1. Pairing by stem.  Images and masks are searched recursively (``.jpg .jpeg .png .tif .tiff .bmp``, and the
+   medical files of ``datasets.medical``: ``.dcm .dicom``, DICOM files without an extension, ``.nii .nii.gz
+   .mha .mhd .nrrd``; any case); an
+   image ``sub/a.jpg`` pairs with the mask ``sub/a.<ext>`` or ``sub/a<suffix>.<ext>`` where the
    suffix is one of :data:`MASK_SUFFIXES` (``_mask``, ``-mask``, ``_seg``, ``_segmentation``, ``_gt``, ...;
    add more with ``--mask-suffix``).  ``--images`` and ``--masks`` may be the same folder when the masks carry
    a suffix.  Names may have subfolders; they are kept.
+   Medical files (docs/medical_files.md): a DICOM file or a volume gives one record per frame or slice
+   (``--axis``, default 2 = axial, of the RAS+ canonical volume; ``--frame`` picks the frame of 4-D volumes),
+   each naming its file and its ``reader`` options (frame or slice/axis, and the ``--window`` resolved to
+   numbers) and its ``spacing`` (row, col) in mm (None when the file gives none).  A volume pairs with a mask
+   volume of the same shape and affine; a multi-frame DICOM with a DICOM mask of as many frames or a
+   multi-page TIFF (a page per frame); a single-frame DICOM with a 2-D mask.  Empty-mask frames/slices:
+   ``--empty-slices drop`` (default: as 2-D images without ``--allow-empty``), ``keep``, or ``sample`` (a
+   seeded ``--empty-fraction`` of them, default 0.1, per file).  16-bit PNG/TIFF images are rescaled by
+   ``--window`` (default ``range``, min..max) and their window is recorded too.  The split keeps together the
+   slices of one volume and the files of one DICOM series (SeriesInstanceUID).
 2. Validation of every pair, once, by ``datasets.validate`` (the rules of ``datasets.io``, also used by
    ``datasets.prepare``): the image decodes completely, the mask decodes and is binary or binarisable, both
    have the same size, the mask is not empty (unless ``--allow-empty``).
@@ -44,21 +57,40 @@ import argparse
 import csv
 import json
 import os
+import random
 import re
 import shutil
 import time
 from collections import defaultdict
 
+import numpy as np
+from PIL import Image
+
 from util.errors import run_cli
 from util.io import write_json_atomic
 
-from .manifest import ManifestError, load_manifest
+from .io import HIGH_DEPTH_MODES, BadSampleError, read_image, read_mask
+from .manifest import ManifestError, load_manifest, reader_options
+from .medical import (
+    WINDOW_HELP,
+    MedicalFileError,
+    check_window,
+    count_images,
+    is_dicom,
+    is_medical,
+    is_volume,
+    read_medical,
+    rescale_16bit,
+    same_grid,
+)
 from .prompt_builder import attributes_from, default_descriptions, with_prompts
 from .prompt_templates import ALL_PROMPT_KEYS
 from .registry import ALL_SPLITS, DATASETS, DatasetInfo, get_dataset, user_registry_path
 from .validate import PairError, check_pair
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+MEDICAL_EXTS = (".dcm", ".dicom", ".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
+EMPTY_SLICES = ("drop", "keep", "sample")
 MASK_SUFFIXES = ("_segmentation", "_mask", "-mask", " mask", "_masks", "_seg", "-seg", "_gt", "-gt", "_label",
                  "_labels", "_annotation")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -86,6 +118,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-suffix", action="append", default=[],
                    help=f"another mask-name suffix (built in: {' '.join(repr(s) for s in MASK_SUFFIXES)})")
     p.add_argument("--link", action="store_true", help="symlink the files instead of copying them")
+    g = p.add_argument_group("medical files (DICOM, NIfTI, MetaImage/NRRD, 16-bit PNG/TIFF; docs/medical_files.md)")
+    g.add_argument("--window", default=None, help=WINDOW_HELP)
+    g.add_argument("--axis", type=int, default=2, choices=(0, 1, 2),
+                   help="volumes: the axis of the RAS+ canonical volume to slice along: 2 axial (default), "
+                        "1 coronal, 0 sagittal")
+    g.add_argument("--frame", type=int, default=None, help="4-D volumes: the frame on the 4th axis (required)")
+    g.add_argument("--empty-slices", default="drop", choices=EMPTY_SLICES,
+                   help="frames/slices whose mask is empty: drop (default), keep, or sample --empty-fraction of "
+                        "them (seeded, per file)")
+    g.add_argument("--empty-fraction", type=float, default=0.1,
+                   help="with --empty-slices sample: the share of each file's empty slices kept (default 0.1)")
     p.add_argument("--data-root", default="data", help="images/masks go to DATA_ROOT/NAME; registry "
                    "DATA_ROOT/datasets.json (default data)")
     p.add_argument("--prompts-root", default="prompts_json", help="manifests go to PROMPTS_ROOT/NAME")
@@ -105,13 +148,22 @@ def list_files(folder: str, exclude: str | None = None) -> dict[str, list[str]]:
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) != skip)
         for f in sorted(files):
-            stem, ext = os.path.splitext(f)
-            if f.startswith(".") or ext.lower() not in IMAGE_EXTS:
+            stem, ext = split_name(f)
+            if f.startswith(".") or not (ext.lower() in IMAGE_EXTS + MEDICAL_EXTS
+                                         or (not ext and is_dicom(os.path.join(root, f)))):
                 continue
             rel = os.path.relpath(os.path.join(root, f), folder).replace(os.sep, "/")
-            key = rel[: -len(ext)]
+            key = rel[: len(rel) - len(ext)]
             out.setdefault(key, []).append(rel)
     return out
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """(stem, extension) with ``.nii.gz`` as one extension; a DICOM file named ``IM0001`` has none."""
+    if name.lower().endswith(".nii.gz"):
+        return name[:-7], name[-7:]
+    stem, ext = os.path.splitext(name)
+    return (stem, ext) if ext.lower() in IMAGE_EXTS + MEDICAL_EXTS else (name, "")
 
 
 def _strip_suffix(key: str, suffixes: tuple) -> str | None:
@@ -218,7 +270,7 @@ def read_prompt_csv(path: str) -> tuple[dict, list]:
 
 def csv_prompts(table: dict, img_rel: str) -> dict | None:
     """The CSV's prompts for an image (matched by relative path, path without extension, or file stem)."""
-    stem = os.path.splitext(img_rel)[0]
+    stem = split_name(img_rel)[0]
     for key in (img_rel, stem, os.path.basename(img_rel), os.path.basename(stem)):
         if key in table:
             out = {"p0": ""}
@@ -260,6 +312,111 @@ def assign_splits(keys: list[str], shares: dict[str, float], seed: int) -> dict[
     return seeded_groups_split(keys, tuple(counts.values()), tuple(counts), seed)
 
 
+# ------------------------------------------------------------------------------------------- medical files
+def _high_depth(path: str) -> bool:
+    """A 16-bit, 32-bit or float grey PNG/TIFF (rescaled by ``datasets.medical.rescale_16bit``)."""
+    if not path.lower().endswith((".png", ".tif", ".tiff")):
+        return False
+    try:
+        with Image.open(path) as img:
+            return img.mode in HIGH_DEPTH_MODES
+    except (OSError, ValueError):
+        return False  # check_pair names the problem
+
+
+def _page_count(path: str) -> int:
+    """Frames of a DICOM mask, slices are not counted here; pages of a raster mask (1 unless multi-page TIFF)."""
+    if is_medical(path):
+        return count_images(path)
+    try:
+        with Image.open(path) as img:
+            return getattr(img, "n_frames", 1)
+    except (OSError, ValueError) as e:
+        raise PairError(f"cannot read mask {path}: {e}", "mask") from None
+
+
+def _positions(img_path: str, mask_path: str, axis: int, frame: int | None) -> list[dict]:
+    """The reader options of each 2-D image of a medical pair (one dict per frame or slice); PairError when
+    the mask cannot hold the image's frames or slices."""
+    try:
+        n = count_images(img_path, axis, frame)
+    except MedicalFileError as e:
+        raise PairError(str(e), "image") from None
+    if is_volume(img_path):
+        if not is_volume(mask_path):
+            raise PairError(f"mask {mask_path} of the volume {img_path} must be a volume of the same grid (NIfTI, "
+                            f"MetaImage, NRRD)", "mask")
+        try:
+            same_grid(img_path, mask_path, frame)
+        except MedicalFileError as e:
+            raise PairError(str(e), "size") from None
+        extra = {"frame": frame} if frame is not None else {}
+        return [{"slice": k, "axis": axis, **extra} for k in range(n)]
+    try:
+        m = _page_count(mask_path)
+    except MedicalFileError as e:
+        raise PairError(str(e), "mask") from None
+    if m != n:
+        raise PairError(f"mask {mask_path} has {m} frame(s)/page(s) but its image {img_path} has {n}; a multi-frame "
+                        f"DICOM pairs with a DICOM mask of as many frames or a multi-page TIFF", "size")
+    return [{"frame": k} for k in range(n)] if n > 1 else [{}]
+
+
+def pair_items(img_path: str, mask_path: str, img_rel: str, window=None, axis: int = 2, frame: int | None = None,
+               empty_slices: str = "drop", empty_fraction: float = 0.1, allow_empty: bool = False,
+               seed: int = 0) -> tuple[list[tuple[dict, object, object]], int]:
+    """The records' extra fields, image and bool mask of one pair: one item for a 2-D file, one per frame or
+    slice of a medical file (after the empty-slice rule), and how many empty slices were left out.  Raises
+    :class:`PairError`."""
+    if not is_medical(img_path):
+        if not _high_depth(img_path):
+            pair = check_pair(img_path, mask_path, allow_empty=allow_empty)
+            return [({}, pair.image, pair.mask)], 0
+        try:
+            with Image.open(img_path) as img:
+                medical = rescale_16bit(np.asarray(img), img_path, window)
+        except (OSError, ValueError) as e:
+            raise PairError(f"cannot decode image {img_path}: {e}", "image") from None
+        pair = check_pair(medical.rgb, mask_path, allow_empty=allow_empty, image_name=img_path)
+        return [({"reader": medical.choices, "spacing": None, "source_format": "16-bit"}, pair.image, pair.mask)], 0
+    positions = _positions(img_path, mask_path, axis, frame)
+    items, pinned = [], window
+    for pos in positions:
+        try:
+            medical = read_medical(img_path, window=pinned, **pos)
+        except MedicalFileError as e:
+            raise PairError(str(e), "image") from None
+        if "slice" in pos:  # whole-volume numbers: resolved once, the same for every slice
+            pinned = medical.choices["window"]
+        try:
+            mask = read_mask(mask_path, **pos)
+        except BadSampleError as e:
+            raise PairError(str(e), "mask") from None
+        where = f" ({', '.join(f'{k} {v}' for k, v in pos.items())})" if pos else ""
+        pair = check_pair(medical.rgb, mask, allow_empty=True, image_name=img_path + where,
+                          mask_name=mask_path + where)
+        fields = {"reader": medical.choices, "spacing": list(medical.spacing) if medical.spacing else None,
+                  "source_format": medical.info.get("format")}
+        if medical.info.get("series_uid"):
+            fields.update(series_uid=medical.info["series_uid"], sop_instance_uid=medical.info["sop_instance_uid"])
+        items.append((fields, pair.image, pair.mask))
+    if len(items) == 1:
+        if not allow_empty and not items[0][2].any():
+            raise PairError(f"mask {mask_path} is empty (no foreground pixel): fix it, remove the pair, or keep "
+                            f"images without a target with --allow-empty", "empty")
+        return items, 0
+    empty = [i for i, it in enumerate(items) if not it[2].any()]
+    keep = set(range(len(items))) - set(empty)
+    if empty_slices == "keep":
+        keep |= set(empty)
+    elif empty_slices == "sample":
+        keep |= set(random.Random(f"{seed}:{img_rel}").sample(empty, int(round(len(empty) * empty_fraction))))
+    if not keep:
+        raise PairError(f"mask {mask_path} is empty in all {len(items)} frames/slices of {img_path}; keep them with "
+                        f"--empty-slices keep (or sample)", "empty")
+    return [it for i, it in enumerate(items) if i in keep], len(items) - len(keep)
+
+
 # ------------------------------------------------------------------------------------------------- output
 def check_name(name: str | None) -> str:
     if not name:
@@ -297,6 +454,23 @@ def _place(src: str, dst: str, link: bool) -> None:
         shutil.copyfile(src, dst)
 
 
+def _companions(src: str, dst: str) -> list[tuple[str, str]]:
+    """The data file a MetaImage header (``.mhd``) names (``ElementDataFile = a.raw``), to copy beside it."""
+    if not src.lower().endswith(".mhd"):
+        return []
+    try:
+        with open(src, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition("=")
+                value = value.strip()
+                if key.strip() == "ElementDataFile" and value and value.upper() != "LOCAL" and "%" not in value \
+                        and not os.path.isabs(value):
+                    return [(os.path.join(os.path.dirname(src), value), os.path.join(os.path.dirname(dst), value))]
+    except OSError:
+        pass
+    return []
+
+
 def _existing_output(out_dir: str, prompts_dir: str) -> list[str]:
     found = [os.path.join(out_dir, sub) for sub in ("images", "masks") if os.path.exists(os.path.join(out_dir, sub))]
     return found + [os.path.join(prompts_dir, f"{sp}.json") for sp in ALL_SPLITS
@@ -307,11 +481,19 @@ def make_manifest(images: str, masks: str, name: str, class_name: str | None = N
                   split: str = "80/10/10", seed: int = 0, allow_empty: bool = False, descriptions=None,
                   kind: str = "custom", mask_suffixes=(), link: bool = False, data_root: str = "data",
                   prompts_root: str = "prompts_json", overwrite: bool = False, dry_run: bool = False,
-                  log=print) -> dict:
+                  window=None, axis: int = 2, frame: int | None = None, empty_slices: str = "drop",
+                  empty_fraction: float = 0.1, log=print) -> dict:
     """Pair, validate, split, write and register (module docstring); returns the report dict."""
     t0 = time.time()
     name = check_name(name)
     shares = parse_split(split)
+    check_window(window)
+    if empty_slices not in EMPTY_SLICES:
+        raise ValueError(f"--empty-slices {empty_slices!r}: use one of {', '.join(EMPTY_SLICES)}")
+    if not 0.0 <= empty_fraction <= 1.0:
+        raise ValueError(f"--empty-fraction {empty_fraction}: give a share between 0 and 1")
+    slicing = {"window": window, "axis": axis, "frame": frame, "empty_slices": empty_slices,
+               "empty_fraction": empty_fraction, "allow_empty": allow_empty, "seed": seed}
     out_dir, prompts_dir = os.path.join(data_root, name), os.path.join(prompts_root, name)
     existing = _existing_output(out_dir, prompts_dir)
     if existing and not overwrite and not dry_run:
@@ -325,7 +507,7 @@ def make_manifest(images: str, masks: str, name: str, class_name: str | None = N
     info = DatasetInfo(kind, class_name, "non_radiology", None, tuple(shares), False, descriptions)
     log(f"[make_manifest] {name}: {len(pairs)} image/mask pairs found in {images} + {masks}; validating ...")
 
-    records, sources, n_empty = [], {}, 0
+    records, sources, n_empty, n_dropped = [], {}, 0, 0
     for img_rel, mask_rel in pairs:
         img_path, mask_path = os.path.join(images, img_rel), os.path.join(masks, mask_rel)
         given = None
@@ -335,28 +517,31 @@ def make_manifest(images: str, masks: str, name: str, class_name: str | None = N
                 rejected.append((img_path, f"no row for this image in --prompts {prompts_csv}"))
                 continue
         try:
-            pair = check_pair(img_path, mask_path, allow_empty=allow_empty)
+            items, dropped = pair_items(img_path, mask_path, img_rel, **slicing)
         except PairError as e:
             rejected.append((mask_path if e.reason in ("mask", "size", "empty") else img_path, str(e)))
             continue
-        rec = {"img_name": img_rel, "mask_name": mask_rel, "prompts": {}, "bbox": None, "cat": 1, "segment_id": 0,
-               "sentences": [], "class_name": class_name}
-        attrs = attributes_from(pair.mask, pair.image, rec, name, f"{img_path}", data_root, info=info)
-        rec = with_prompts(rec, attrs, name, data_root, info=info)
-        if given is not None:
-            rec["prompts"] = given
-        n_empty += pair.empty
-        records.append(rec)
+        n_dropped += dropped
+        for fields, image, mask in items:
+            rec = {"img_name": img_rel, "mask_name": mask_rel, "prompts": {}, "bbox": None, "cat": 1,
+                   "segment_id": 0, "sentences": [], "class_name": class_name, **fields}
+            attrs = attributes_from(mask, image, rec, name, f"{img_path}", data_root, info=info)
+            rec = with_prompts(rec, attrs, name, data_root, info=info)
+            if given is not None:
+                rec["prompts"] = given
+            n_empty += not mask.any()
+            records.append(rec)
         sources[img_rel] = (img_path, mask_path)
-    matched = {k for r in records for k in (r["img_name"], os.path.splitext(r["img_name"])[0],
+    matched = {k for r in records for k in (r["img_name"], split_name(r["img_name"])[0],
                                              os.path.basename(r["img_name"]),
-                                             os.path.basename(os.path.splitext(r["img_name"])[0]))}
+                                             os.path.basename(split_name(r["img_name"])[0]))}
     unmatched_rows = [f"line {line}: '{n}'" for line, n in csv_names if n not in matched]
 
     report = {"dataset": name, "images": os.path.abspath(images), "masks": os.path.abspath(masks),
               "prompts_csv": os.path.abspath(prompts_csv) if prompts_csv else None,
               "class_name": class_name, "seed": seed, "split": shares, "mode": "link" if link else "copy",
-              "allow_empty": allow_empty,
+              "allow_empty": allow_empty, "window": window, "axis": axis, "frame": frame,
+              "empty_slices": empty_slices, "empty_fraction": empty_fraction, "empty_slices_left_out": n_dropped,
               "pairs_found": len(pairs), "records": len(records), "empty_masks": n_empty,
               "rejected": [{"file": f, "reason": r} for f, r in sorted(rejected)],
               "csv_rows_without_image": unmatched_rows}
@@ -368,8 +553,8 @@ def make_manifest(images: str, masks: str, name: str, class_name: str | None = N
         raise ValueError(f"nothing usable left for '{name}': {len(rejected)} files rejected (listed above); "
                          f"fix them and rerun")
 
-    assign = assign_splits([r["img_name"] for r in records], shares, seed)
-    manifests = {sp: sorted((r for r in records if assign[r["img_name"]] == sp), key=lambda r: r["img_name"])
+    assign = assign_splits([split_group(r) for r in records], shares, seed)
+    manifests = {sp: sorted((r for r in records if assign[split_group(r)] == sp), key=_record_order)
                  for sp in shares}
     report["splits"] = {sp: len(v) for sp, v in manifests.items()}
     for sp, v in manifests.items():
@@ -399,6 +584,16 @@ def make_manifest(images: str, masks: str, name: str, class_name: str | None = N
     return report
 
 
+def split_group(record: dict) -> str:
+    """What the split keeps together: a DICOM series, else a file (all the slices of a volume)."""
+    return record.get("series_uid") or record["img_name"]
+
+
+def _record_order(record: dict) -> tuple:
+    reader = record.get("reader") or {}
+    return record["img_name"], reader.get("frame") or 0, reader.get("slice") or 0
+
+
 def _counts(manifests: dict) -> str:
     return ", ".join(f"{sp} {len(v)}" for sp, v in manifests.items())
 
@@ -418,11 +613,17 @@ def _write(out_dir: str, prompts_dir: str, manifests: dict, sources: dict, link:
     stage = os.path.join(out_dir, f".staging-{os.getpid()}")
     shutil.rmtree(stage, ignore_errors=True)
     try:
+        placed = set()  # the frames/slices of one file share it: placed once
         for recs in manifests.values():
             for r in recs:
                 img_path, mask_path = sources[r["img_name"]]
-                _place(img_path, os.path.join(stage, "images", r["img_name"]), link)
-                _place(mask_path, os.path.join(stage, "masks", r["mask_name"]), link)
+                for src, dst in ((img_path, os.path.join(stage, "images", r["img_name"])),
+                                 (mask_path, os.path.join(stage, "masks", r["mask_name"]))):
+                    if dst not in placed:
+                        placed.add(dst)
+                        for extra_src, extra_dst in _companions(src, dst):
+                            _place(extra_src, extra_dst, link)
+                        _place(src, dst, link)
         for sub in ("images", "masks"):
             final = os.path.join(out_dir, sub)
             if os.path.lexists(final):
@@ -483,8 +684,7 @@ def check_dataset(name: str, data_root: str = "data", prompts_root: str = "promp
                                 f"(an image in two splits leaks test data)")
             split_of.setdefault(r["img_name"], sp)
             try:
-                check_pair(os.path.join(data_root, name, "images", r["img_name"]),
-                           os.path.join(data_root, name, "masks", r["mask_name"]), allow_empty=allow_empty)
+                check_record(r, os.path.join(data_root, name), allow_empty)
             except PairError as e:
                 problems.append(f"{where}: {e}")
             keys = set(r["prompts"]) if keys is None else keys & set(r["prompts"])
@@ -494,6 +694,28 @@ def check_dataset(name: str, data_root: str = "data", prompts_root: str = "promp
         log(f"  problem: {p}")
     log(f"[make_manifest --check] {len(problems)} problems")
     return {"records": counts, "problems": problems, "prompt_keys": sorted(keys or ())}
+
+
+def check_record(record: dict, folder: str, allow_empty: bool) -> None:
+    """Check one record's pair under ``folder``/{images,masks}, read with the record's ``reader`` options (the
+    frame or slice and the window of a medical file); PairError when it fails."""
+    img_path = os.path.join(folder, "images", record["img_name"])
+    mask_path = os.path.join(folder, "masks", record["mask_name"])
+    if not record.get("reader"):
+        check_pair(img_path, mask_path, allow_empty=allow_empty)
+        return
+    try:
+        image = np.asarray(read_image(img_path, **reader_options(record))[0])
+    except (BadSampleError, ValueError) as e:
+        raise PairError(str(e), "image") from None
+    try:
+        mask = read_mask(mask_path, **reader_options(record, mask=True))
+    except (BadSampleError, ValueError) as e:
+        raise PairError(str(e), "mask") from None
+    position = {k: v for k, v in record["reader"].items() if k != "window"}
+    where = f" ({', '.join(f'{k} {v}' for k, v in position.items())})" if position else ""
+    empty_ok = allow_empty or bool(position)  # kept empty slices follow --empty-slices, recorded in the report
+    check_pair(image, mask, allow_empty=empty_ok, image_name=img_path + where, mask_name=mask_path + where)
 
 
 # --------------------------------------------------------------------------------------------------- main
@@ -514,7 +736,8 @@ def main(args) -> dict:
         raise ValueError("give --images DIR and --masks DIR (or --check to validate an existing dataset)")
     return make_manifest(args.images, args.masks, args.name, args.class_name, args.prompts, args.split, args.seed,
                          args.allow_empty, args.description, args.kind, args.mask_suffix, args.link, args.data_root,
-                         args.prompts_root, args.overwrite, args.dry_run)
+                         args.prompts_root, args.overwrite, args.dry_run, window=args.window, axis=args.axis,
+                         frame=args.frame, empty_slices=args.empty_slices, empty_fraction=args.empty_fraction)
 
 
 if __name__ == "__main__":

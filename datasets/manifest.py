@@ -16,6 +16,11 @@ Each item carries ``prompt_key``, the key its text came from.
 Records may carry any other fields (the paper's ``bbox, cat, segment_id, sentences, sentences_num``,
 ``datasets.prepare``'s metadata).  A record that repeats an earlier one's image and mask is a duplicate: a
 warning names both indices; it is kept (the paper trained on its duplicates) unless ``drop_duplicates``.
+
+A record of a medical file (``datasets.make_manifest`` on DICOM or volumes) carries ``"reader"``: the frame or
+slice/axis and the window that ``datasets.medical`` chose, passed back to ``read_image``/``read_mask`` so that
+every reading gives the pixels the manifest was made from; the slices of one volume share ``img_name`` and
+differ by ``reader`` (they are not duplicates).
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .io import BadSampleError, read_image, read_mask
+from .medical import image_position
 from .transforms import SegTransform
 
 REQUIRED_FIELDS = {"img_name": str, "mask_name": str, "prompts": dict}
@@ -77,11 +83,12 @@ def _shape_error(path: str, obj) -> ManifestError:
 
 
 def find_duplicates(records: list[dict]) -> list[tuple[int, int]]:
-    """(earlier index, later index) for each record whose image and mask repeat an earlier record's."""
+    """(earlier index, later index) for each record whose image and mask (and frame or slice) repeat an earlier
+    record's."""
     first: dict[tuple, int] = {}
     out = []
     for i, r in enumerate(records):
-        key = (r["img_name"], r["mask_name"])
+        key = (r["img_name"], r["mask_name"], image_position(r))
         if key in first:
             out.append((first[key], i))
         else:
@@ -119,6 +126,9 @@ def load_manifest(path: str, drop_duplicates: bool = False, allow_empty: bool = 
                 raise ManifestError(f"{where}: {key} {r[key]!r} is empty, absolute or climbs out of its folder with "
                                     f"'..'; names must be relative paths inside the dataset's images/ or masks/ "
                                     f"folder (e.g. 'case1/img001.png')")
+        if "reader" in r and not isinstance(r["reader"], dict):
+            raise ManifestError(f"{where}: field 'reader' must be an object (frame, slice, axis, window), got "
+                                f"{type(r['reader']).__name__}")
         for k, v in r["prompts"].items():
             ok = isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(s, str) for s in v))
             if not ok:
@@ -188,6 +198,12 @@ class ManifestDataset(Dataset):
     def use_cache(self, cache_dir: str) -> "ManifestDataset":
         """Read decoded, resized images and masks from the data cache under ``cache_dir`` (built or rebuilt
         here when missing or stale; datasets/cache.py).  Items then carry uint8 images."""
+        if any(image_position(r) != (None, None, None) for r in self.records):
+            # the cache keeps one image per img_name; frames and slices of one file share it: read them per sample
+            warnings.warn(f"{self.name or self.manifest_path}: records name frames or slices of one file; the data "
+                          f"cache keys images by file name, so these are decoded per sample", ManifestWarning,
+                          stacklevel=2)
+            return self
         from .cache import DataCache
         self.cache = DataCache.for_dataset(self, cache_dir)
         return self
@@ -250,10 +266,19 @@ class ManifestDataset(Dataset):
         return self.class_names.index(t)
 
     def _extras(self, index: int, item: dict) -> dict:
-        """The prompt (key and text) and, for --multiclass models, the class channel of an item."""
+        """The prompt (key and text), for --multiclass models the class channel, and in evaluation the record's
+        pixel spacing ((row, col) mm, or None: HD95 in millimetres where every record has one) and, for a frame
+        or slice of a file, where it is (``position``, a string for per_image.csv)."""
         item["prompt_key"], item["text"] = self.prompt_for(index)
+        rec = self.records[self.samples[index].record]
         if self.class_names:
             item["target_index"] = self.target_index(self.samples[index].record)
+        if self.return_original:
+            item["spacing"] = tuple(float(v) for v in rec["spacing"]) if rec.get("spacing") else None
+            pos = image_position(rec)
+            if pos != (None, None, None):
+                item["position"] = ",".join(f"{k}={v}" for k, v in zip(("frame", "slice", "axis"), pos)
+                                            if v is not None)
         return item
 
     def paths(self, index: int) -> tuple[str, str]:
@@ -264,8 +289,13 @@ class ManifestDataset(Dataset):
         rec_idx = self.samples[index].record
         img_path, mask_path = self.paths(index)
         size = self.transform.size if self.transform else None
-        img, (h, w) = read_image(img_path, draft_size=None if self.return_original else size)
-        mask = read_mask(mask_path)
+        rec = self.records[rec_idx]
+        try:
+            image_opts, mask_opts = reader_options(rec), reader_options(rec, mask=True)
+        except ValueError as e:
+            raise BadSampleError(f"record {rec_idx} of {self.manifest_path}: {e}") from None
+        img, (h, w) = read_image(img_path, draft_size=None if self.return_original else size, **image_opts)
+        mask = read_mask(mask_path, **mask_opts)
         if mask.shape != (h, w):
             raise BadSampleError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but image {img_path} is "
                                  f"{w}x{h}; masks must have their image's size (record {rec_idx} of "
@@ -335,6 +365,14 @@ class ManifestDataset(Dataset):
         return batch
 
 
+def reader_options(record: dict, mask: bool = False) -> dict:
+    """The ``read_image``/``read_mask`` keyword arguments a record keeps under ``reader`` ({} for plain files)."""
+    if not record.get("reader"):
+        return {}
+    from .medical import reader_options as options
+    return options(record, mask)
+
+
 def collate(items: list[dict]) -> dict:
     """Stack fixed-size tensors, keep the rest as lists; samples skipped by ``on_bad_sample=skip`` are reported.
     A batch collated already (``ManifestDataset.__getitems__`` from the data cache) is returned as it is."""
@@ -345,8 +383,9 @@ def collate(items: list[dict]) -> dict:
     batch: dict = {"skipped": skipped}
     if not items:
         return batch
-    for k in items[0]:
-        vals = [it[k] for it in items]
+    keys = list(dict.fromkeys(k for it in items for k in it))  # a field only some items have: None elsewhere
+    for k in keys:
+        vals = [it.get(k) for it in items]
         if k in ("image", "mask", "orig_size"):
             batch[k] = torch.stack(vals)
         else:
@@ -360,12 +399,12 @@ def swap_prompts(records: list[dict]) -> tuple[list[dict], int]:
     Records whose image has no other target are dropped; returns (new records, number dropped).
     A model that uses its text should score far lower on the swapped set.
     """
-    by_image: dict[str, list[int]] = {}
+    by_image: dict[tuple, list[int]] = {}  # an image is a file, or a frame/slice of one
     for i, r in enumerate(records):
-        by_image.setdefault(r["img_name"], []).append(i)
+        by_image.setdefault((r["img_name"], image_position(r)), []).append(i)
     out, dropped = [], 0
     for i, r in enumerate(records):
-        others = [j for j in by_image[r["img_name"]] if records[j]["mask_name"] != r["mask_name"]]
+        others = [j for j in by_image[(r["img_name"], image_position(r))] if records[j]["mask_name"] != r["mask_name"]]
         if not others:
             dropped += 1
             continue

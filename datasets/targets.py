@@ -23,6 +23,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 
+from .medical import image_position
 from .prompt_templates import CAMUS_STRUCTURES, CHEX_PATHOLOGIES
 
 #: Other names accepted by ``--target`` for the CAMUS structures (the paper's folder names, short codes).
@@ -92,11 +93,17 @@ def filter_target(records: list[dict], target: str, where: str = "the manifest")
     return kept
 
 
+def image_key(record: dict) -> tuple:
+    """Which 2-D image a record shows: its file and, for a frame or slice of a medical file, where in the file,
+    so that the slices of one volume are different images."""
+    return record["img_name"], image_position(record)
+
+
 def is_multi_target(records: list[dict]) -> bool:
-    """True when one image has records with different masks."""
-    first: dict[str, str] = {}
+    """True when one image (one frame or slice of a file) has records with different masks."""
+    first: dict[tuple, str] = {}
     for r in records:
-        seen = first.setdefault(r["img_name"], r["mask_name"])
+        seen = first.setdefault(image_key(r), r["mask_name"])
         if seen != r["mask_name"]:
             return True
     return False
@@ -121,9 +128,9 @@ class ImageTargetsDataset(Dataset):
     def __init__(self, base, class_names):
         self.base, self.class_names = base, tuple(class_names)
         self.manifest_path, self.name = base.manifest_path, base.name
-        groups: dict[str, list[int]] = {}
+        groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(base.records):
-            groups.setdefault(r["img_name"], []).append(i)
+            groups.setdefault(image_key(r), []).append(i)
         self.groups = list(groups.values())
 
     def __len__(self) -> int:
@@ -131,15 +138,17 @@ class ImageTargetsDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         from .io import BadSampleError, read_image, read_mask
+        from .medical import reader_options  # the frame or slice of a record of a medical file
         base, recs = self.base, self.groups[index]
         first = base.records[recs[0]]
         try:
             img, (h, w) = read_image(os.path.join(base.image_dir, first["img_name"]),
-                                     draft_size=base.transform.size if base.transform else None)
+                                     draft_size=base.transform.size if base.transform else None,
+                                     **reader_options(first))
             masks = np.zeros((len(self.class_names), h, w), bool)
             for i in recs:
                 path = os.path.join(base.mask_dir, base.records[i]["mask_name"])
-                m = read_mask(path)
+                m = read_mask(path, **reader_options(base.records[i], mask=True))
                 if m.shape != (h, w):
                     raise BadSampleError(f"mask {path} is {m.shape[1]}x{m.shape[0]} (WxH) but its image is {w}x{h}")
                 masks[base.target_index(i)] |= m

@@ -72,6 +72,7 @@ class SegModel(nn.Module):
         self.tokenizer = None
         self.build_args: dict = {}  # kwargs that rebuild this model with create_model(name, **build_args)
         self.frozen = {"image": False, "text": False}
+        self.frozen_mode = "eval"  # "train": frozen encoders follow the model's mode (set_frozen_mode)
 
     # ---- text -------------------------------------------------------------------
     def tokenize(self, texts: list[str], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
@@ -119,10 +120,22 @@ class SegModel(nn.Module):
             mods += self.text_encoder_modules()
         return mods
 
-    def train(self, mode: bool = True):  # keep frozen parts in eval mode
+    def set_frozen_mode(self, mode: str = "eval") -> "SegModel":
+        """How frozen encoders behave while the rest trains: ``eval`` (default) keeps them in eval mode, so
+        BatchNorm statistics and dropout are frozen with the weights; ``train`` lets them follow the model's mode
+        (no gradients, but BatchNorm running statistics update and dropout is active), as the released code,
+        which only called ``requires_grad_(False)`` under Lightning."""
+        if mode not in ("eval", "train"):
+            raise ValueError(f"frozen mode must be 'eval' or 'train', got {mode!r}")
+        self.frozen_mode = mode
+        self.train(self.training)
+        return self
+
+    def train(self, mode: bool = True):  # keep frozen parts in eval mode (unless frozen_mode is "train")
         super().train(mode)
-        for m in self.frozen_modules():
-            m.eval()
+        if getattr(self, "frozen_mode", "eval") == "eval":
+            for m in self.frozen_modules():
+                m.eval()
         return self
 
     # ---- encoders and decoder ------------------------------------------------------

@@ -137,7 +137,7 @@ def test_evaluate_rows_keep_their_keys_and_pass_extra_fields_through():
              "mask_name": ["x_m.png", "y_m.png"], "index": [0, 1], "skipped": []}
     res = engine.evaluate(Const(), [batch], torch.device("cpu"), per_image=True)
     keys = ["dataset", "img_name", "mask_name", "prompt", "dice", "iou", "gt_pixels", "pred_pixels", "inter_pixels",
-            "pixels", "prompt_key"]
+            "pixels", "hd95_px", "prompt_key"]
     assert [list(r) for r in res["rows"]] == [keys, keys]
     from util.runtime import prepare_images
     x = prepare_images(batch["image"], Const(), torch.device("cpu"))  # uint8 is normalised on the device
@@ -147,3 +147,57 @@ def test_evaluate_rows_keep_their_keys_and_pass_extra_fields_through():
         assert (r["dice"], r["iou"]) == dice_iou(pred, orig[i])
         assert r["pixels"] == orig[i].numel() and r["prompt_key"] == batch["prompt_key"][i]
     assert res["n"] == 2 and res["dice"] == pytest.approx(np.mean([r["dice"] for r in res["rows"]]))
+
+
+# ----------------------------------------------------------------------------- HD95
+
+def _surface_hd95(a: np.ndarray, b: np.ndarray, spacing=(1.0, 1.0)) -> float:
+    """HD95 from first principles: surface pixels (the mask minus its erosion), every distance from one surface
+    to the nearest point of the other, the 95th percentile of each direction, the larger of the two."""
+    from scipy import ndimage
+    sa = np.argwhere(a & ~ndimage.binary_erosion(a)) * np.asarray(spacing)
+    sb = np.argwhere(b & ~ndimage.binary_erosion(b)) * np.asarray(spacing)
+    d = np.sqrt(((sa[:, None, :] - sb[None, :, :]) ** 2).sum(-1))
+    return float(max(np.percentile(d.min(1), 95), np.percentile(d.min(0), 95)))
+
+
+def test_hd95_known_distances_spacing_and_empty_masks():
+    import math
+
+    from util.metrics import hd95
+    a, b = torch.zeros(40, 40, dtype=torch.bool), torch.zeros(40, 40, dtype=torch.bool)
+    a[10, 10], b[10, 22] = True, True              # two points 12 columns apart
+    assert hd95(a, b) == pytest.approx(12.0)
+    assert hd95(a, b, spacing=(3.0, 0.5)) == pytest.approx(6.0)   # (row, column) mm: 12 columns x 0.5 mm
+    b2 = torch.zeros_like(b)
+    b2[16, 10] = True                                 # 6 rows apart: the row spacing applies
+    assert hd95(a, b2, spacing=(3.0, 0.5)) == pytest.approx(18.0)
+    assert hd95(a, a) == 0.0
+    assert math.isnan(hd95(a, torch.zeros_like(a))) and math.isnan(hd95(torch.zeros_like(a), torch.zeros_like(a)))
+
+
+def test_hd95_matches_first_principles_on_random_blobs():
+    from scipy import ndimage
+
+    from util.metrics import hd95
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        a = ndimage.binary_opening(ndimage.gaussian_filter(rng.random((48, 64)), 3) > 0.5)
+        b = ndimage.binary_opening(ndimage.gaussian_filter(rng.random((48, 64)), 3) > 0.5)
+        if not a.any() or not b.any():
+            continue
+        for sp in ((1.0, 1.0), (0.7, 1.3)):
+            assert hd95(torch.from_numpy(a), torch.from_numpy(b), sp) == pytest.approx(_surface_hd95(a, b, sp),
+                                                                                         rel=1e-5, abs=1e-5)
+
+
+def test_summary_hd95_units_and_exclusions():
+    from util.summary import summarize
+    row = dict(dice=1.0, iou=1.0, gt_pixels=5, pred_pixels=5, inter_pixels=5, pixels=100)
+    rows = [dict(row, hd95_px=2.0, hd95_mm=1.0), dict(row, hd95_px=4.0, hd95_mm=3.0),
+            dict(row, hd95_px=float("nan"), hd95_mm=float("nan"))]
+    s = summarize(rows)
+    assert (s["hd95_unit"], s["hd95_mean"], s["hd95_n"], s["hd95_excluded"]) == ("mm", 2.0, 2, 1)
+    rows[0]["hd95_mm"] = ""                           # one record without a spacing: pixels, said so
+    s = summarize(rows)
+    assert (s["hd95_unit"], s["hd95_mean"]) == ("px", 3.0)

@@ -69,6 +69,23 @@ COMMANDS = {
     "python -m models --size tiny": ("run", []),
     "make doctor": ("offline", None),
     "python -m models.cris RUN out.pth": ("run", []),
+    "python train.py --peft lora --lora-rank 8": ("run", TINY_TRAIN),
+    "python train.py --model clipseg --data kvasir --prompt p3 --peft adapter-dense --adapter-in vision,text,cond":
+        ("run", TINY_TRAIN),
+    "python train.py --peft coop --train-decoder": ("run", TINY_TRAIN),
+    "python -m models --peft adapter-shallow --size tiny": ("run", []),
+    "python train.py --train-fraction 0.1": ("run", TINY_TRAIN),
+    "python export.py --checkpoint RUN --merge --out merged/": ("skip", "tests/test_peft_runs.py merges a LoRA run "
+                                                                         "through export.main and compares logits"),
+    "python -m datasets.make_manifest --images scans/ --masks labels/ --name liver --class-name liver --window "
+    "ct-abdomen": ("skip", "tests/test_medical.py builds manifests from DICOM and NIfTI files and trains on them"),
+    'python predict.py --checkpoint RUN --images dicom_series/ --prompt "liver"':
+        ("skip", "tests/test_predict.py predicts pydicom's CT and multi-frame files and checks the DICOM SEG"),
+    'python predict.py --checkpoint RUN --images ct.nii.gz --prompt "liver"':
+        ("skip", "tests/test_predict.py predicts nibabel's volumes and checks the NIfTI mask's shape and affine"),
+    "python export.py --checkpoint RUN --out model.onnx": ("skip", "tests/test_export.py exports a tiny CLIPSeg and "
+                                                                   "UNet and checks onnxruntime parity"),
+    "make app": ("skip", "serves until Ctrl-C: tests/test_app_browser.py starts app.py and drives it in Chromium"),
     "python bench.py": ("skip", "minutes of CPU: tests/test_cache.py and tests/test_feature_cache.py check what it "
                                 "times; its measured output is docs/performance.md"),
 }

@@ -169,3 +169,28 @@ def test_unreadable_results_are_listed_not_dropped(study_root, tmp_path, capsys)
     assert "## Results that could not be read (4)" in md and f"- `{os.path.join(cut, 'summary.json')}`: cannot" in md
     err = capsys.readouterr().err
     assert err.count("[results] not counted:") == 4 and os.path.join(cut, "summary.json") in err
+
+
+def test_hd95_and_data_efficiency_tables(tmp_path):
+    """HD95 reaches results.csv and the VLSM-Adapter layout; a train_fraction sweep gives the efficiency table and
+    plot, one row per way of training (full fine-tuning, a PEFT method), one column per fraction."""
+    root = str(tmp_path / "study")
+    for method, dices in (("", (0.50, 0.70, 0.80)), ("peft=lora", (0.40, 0.65, 0.78))):
+        for frac, d in zip(("0.1", "0.5", "1"), dices):
+            sweep = " ".join(filter(None, [method, f"train_fraction={frac}"]))
+            cell = f"ft__clipseg__kvasir__p6__midl__s0__none__{sweep.replace(' ', '__')}"
+            _study(root, cell, "test", d, extra={"sweep": sweep, "hd95_mean": 10 * (1 - d), "hd95_unit": "mm",
+                                                 "hd95_excluded": 1})
+    out = write_report(root, str(tmp_path / "rep"))
+    rows = list(csv.DictReader(open(out["csv"])))
+    assert {r["hd95_unit"] for r in rows} == {"mm"} and float(rows[0]["hd95_mean"]) > 0
+    text = open(out["markdown"]).read()
+    eff = text[text.index("## Data efficiency"):].split("\n\n")[1].splitlines()
+    assert eff[0] == "| training | 10% | 50% | 100% |"
+    assert eff[2].startswith("| full fine-tuning | 50.00") and eff[3].startswith("| lora | 40.00")
+    assert any(p.endswith(".png") and "efficiency_" in p for p in out["plots"])
+    assert "Dice / IoU / HD95" not in text  # only sweeps without a fraction, or whole-split runs, go there
+    _study(root, "ft__clipseg__kvasir__p6__midl__s0__none", "test", 0.9,
+           extra={"hd95_mean": 2.5, "hd95_unit": "mm", "hd95_excluded": 0})
+    text = open(write_report(root, str(tmp_path / "rep2"))["markdown"]).read()
+    assert "| clipseg | full fine-tuning | 90.00 / 80.00 / 2.50 mm |" in text

@@ -324,8 +324,12 @@ def test_zero_shot_cris_without_its_checkpoint_is_refused_as_in_zeroshot_py(tmp_
     assert res["state"] == "failed" and CRIS_NEEDS_CHECKPOINT[:100] in res["error"]
     assert not list((out / "cells" / "zs__cris__synthetic").rglob("summary.json"))
     capsys.readouterr()
-    # explicitly allowed (a random-decoder floor) or given its checkpoint: not refused
-    for line in ("allow_random_decoder = true", 'cris_checkpoint = "cris_best.pth"'):
+    # explicitly allowed (a random-decoder floor) or given its checkpoint: not refused; a checkpoint that is not
+    # there is refused too
+    missing = S.load_study(write_study(tmp_path, grid.format('cris_checkpoint = "no/cris_best.pth"')))
+    assert "cris_checkpoint no/cris_best.pth does not exist" in missing.cell("zs__cris__synthetic").refused
+    (tmp_path / "cris_best.pth").write_bytes(b"")
+    for line in ("allow_random_decoder = true", f'cris_checkpoint = "{tmp_path / "cris_best.pth"}"'):
         assert not S.load_study(write_study(tmp_path, grid.format(line))).cell("zs__cris__synthetic").refused
     # the study file now names a CRIS checkpoint: the CLIPSeg cell does not get it (nor a changed config hash)
     assert cli(path, tiny_data, out, "--only", "model=clipseg")[0]["state"] == "done"

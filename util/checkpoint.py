@@ -85,6 +85,18 @@ def atomic_torch_save(obj, path: str) -> None:
         torch.save(obj, tmp)
 
 
+def state_dict_sha256(module) -> str:
+    """sha256 over a module's state dict (names, dtypes, shapes and bytes in key order): the identity of a set of
+    weights, e.g. the base model a parameter-efficient run was trained on."""
+    import hashlib
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def rng_state() -> dict:
     py, npy = random.getstate(), np.random.get_state()
     state = {"python": list(py[1]), "python_pos": py[2], "numpy": npy[1].tolist(), "numpy_pos": int(npy[2]),

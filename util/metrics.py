@@ -2,15 +2,40 @@
 
 - Logits are upsampled bilinearly to (H, W), then sigmoid and threshold.
 - Empty-mask rule: Dice = IoU = 1 when both prediction and ground truth are empty,
-  0 when exactly one of them is empty.  Metrics are never NaN.
+  0 when exactly one of them is empty.  Dice and IoU are never NaN.
+- HD95: the 95th percentile of the symmetric distances between the two masks' surfaces (MONAI's
+  ``compute_hausdorff_distance``), in pixels, and in millimetres where the pixel spacing is known.  It is not
+  defined when either mask is empty: such images are left out of the HD95 mean and counted.
 """
 from __future__ import annotations
+
+import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 
 EMPTY_MASK_RULE = "both empty -> 1, one empty -> 0"
+HD95_RULE = ("95th percentile of the symmetric surface distances (MONAI compute_hausdorff_distance), at the "
+             "original size; an image where either mask is empty has no HD95: it is left out of the mean and "
+             "counted (hd95_excluded)")
 RESOLUTION = "original image size"
+
+
+def hd95(pred: torch.Tensor, target: torch.Tensor, spacing=None) -> float:
+    """HD95 between two (H, W) binary masks, in pixels or, with ``spacing`` (row, column) in mm, in mm.
+    NaN when either mask is empty (the image is left out of the mean; :data:`HD95_RULE`)."""
+    from monai.metrics import compute_hausdorff_distance
+    pred, target = pred.bool().cpu(), target.bool().cpu()
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    if not pred.any() or not target.any():
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI's deprecation notices about its own arguments
+        d = compute_hausdorff_distance(pred[None, None], target[None, None], include_background=True,
+                                       percentile=95, spacing=None if spacing is None else [list(map(float, spacing))])
+    return float(d.item())
 
 
 def dice_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
@@ -104,5 +129,6 @@ def metric_card(threshold: float, resolution: str = RESOLUTION) -> dict:
                            "dice_pooled/iou_pooled: over all pixels of all images",
             "threshold": threshold, "resolution": resolution,
             "upsampling": "bilinear on logits, then sigmoid and threshold", "empty_mask_rule": EMPTY_MASK_RULE,
+            "hd95": HD95_RULE,
             "absent_targets": "records with an empty ground truth are also reported apart (false-positive rate, "
                               "mean predicted area)"}

@@ -20,6 +20,7 @@ import argparse
 import os
 
 from .losses import LOSSES
+from .optim import SCHEDULERS
 
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
@@ -48,6 +49,35 @@ def freeze_name(freeze_image: bool, freeze_text: bool) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(add_help=False)
+
+
+def peft_methods() -> tuple:
+    from models.peft import PEFT_METHODS
+    return tuple(PEFT_METHODS)
+
+
+#: train.py option -> the models.peft option it sets (None on the command line = the method's default)
+PEFT_OPTIONS = ("adapter_in", "adapter_dim", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "n_ctx",
+                "vpt_tokens", "vpt_deep", "train_decoder")
+
+
+def peft_options(args) -> dict:
+    """The options of ``args.peft`` that were given (the method's defaults fill the rest); an option of another
+    method is refused in one line."""
+    from models.peft import PEFT_METHODS
+    given = {k: getattr(args, k) for k in PEFT_OPTIONS if getattr(args, k) not in (None, False)}
+    if not args.peft:
+        if given:
+            raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in given)} need --peft METHOD")
+        return {}
+    own = PEFT_METHODS[args.peft]
+    other = [k for k in given if k not in own]
+    if other:
+        raise ValueError(f"--peft {args.peft} takes no {', '.join('--' + k.replace('_', '-') for k in other)} "
+                         f"(its options: {', '.join('--' + k.replace('_', '-') for k in own)})")
+    if isinstance(given.get("adapter_in"), str):
+        given["adapter_in"] = [part.strip() for part in given["adapter_in"].split(",") if part.strip()]
+    return given
 
 
 def preset_names() -> tuple:
@@ -187,14 +217,21 @@ def train_options() -> argparse.ArgumentParser:
                    "auto = none for tiny, the model's pretrained weights for base (python -m models.doctor lists them)")
     g.add_argument("--cris-checkpoint", default=None, help="CRIS only: a checkpoint saved by the original CRIS code")
     g.add_argument("--input-size", type=int, default=None,
-                   help="override the model's input size (preset medvlsm-code: 256 for the CNNs)")
+                   help="override the model's input size (preset: 256 for the CNNs, as the released code)")
     g.add_argument("--freeze-image-encoder", action=argparse.BooleanOptionalAction, default=None,
                    help="freeze the image encoder (no gradients, eval mode): the paper's frozen-encoder ablation; "
                         "preset medvlsm-code freezes both encoders of the CLIPSeg family (decoder-only training)")
     g.add_argument("--freeze-text-encoder", action=argparse.BooleanOptionalAction, default=None,
                    help="freeze the text encoder (preset)")
-    g.add_argument("--dropout", type=float, default=None, help="CRIS decoder dropout (preset: 0.2 arxiv / "
-                   "medvlsm-code; else the model's)")
+    g.add_argument("--dropout", type=float, default=None, help="CRIS decoder dropout (preset: 0.2)")
+    g.add_argument("--frozen-mode", choices=["eval", "train"], default=None,
+                   help="mode of frozen encoders while the rest trains: eval (BatchNorm statistics and dropout "
+                        "frozen too; preset midl/arxiv) or train (no gradients only, as the released code: "
+                        "preset medvlsm-code)")
+    g.add_argument("--biomedclip-taps", choices=["clipseg", "code"], default=None,
+                   help="BiomedCLIPSeg(-D): the image-encoder blocks the decoder reads: clipseg = blocks 4/7/10 "
+                        "(those CLIPSeg's decoder was trained on; preset midl/arxiv) or code = 5/8/11 (the "
+                        "released code's off-by-one; preset medvlsm-code)")
     g.add_argument("--multiclass", action="store_true",
                    help="text-free models (UNet, UNet++, DeepLabV3+) on multi-target data: one output channel per "
                         "class, trained on all of an image's masks at once, scored per record on its class")
@@ -215,15 +252,27 @@ def train_options() -> argparse.ArgumentParser:
                    help="loss (preset: dice+bce for VLSMs, dice for CNNs): "
                         + "; ".join(f"{k} = {v}" for k, v in LOSSES.items()))
     g.add_argument("--bce-weight", type=float, default=None, help="weight of BCE in dice+bce (preset 0.2)")
-    g.add_argument("--scheduler", choices=["plateau", "constant"], default=None,
-                   help="learning-rate schedule (preset): plateau = ReduceLROnPlateau x0.1 on val loss, constant")
+    g.add_argument("--scheduler", choices=list(SCHEDULERS), default=None,
+                   help="learning-rate schedule (preset): plateau = ReduceLROnPlateau x0.1 on val loss, constant, "
+                        "cosine = CosineAnnealingLR to 0 over --epochs")
+    g.add_argument("--lr-factor", type=float, default=None,
+                   help="ReduceLROnPlateau's factor (preset: 0.1; 0.3 in vlsm-adapter)")
     g.add_argument("--lr-patience", type=int, default=None,
                    help="ReduceLROnPlateau (x0.1) patience on val loss (preset 5)")
     g.add_argument("--early-stop", type=int, default=None,
                    help="stop after this many epochs without better val Dice, 0 = never (preset: 50 CLIPSeg "
                         "family / 10 CRIS in midl and arxiv, 20 in medvlsm-code)")
+    g.add_argument("--min-delta", type=float, default=None,
+                   help="early stopping: a val Dice counts as better only when it exceeds the best by more than "
+                        "this (preset 1e-4, the released code's); best.pth keeps any better epoch")
+    g.add_argument("--min-epochs", type=int, default=None,
+                   help="early stopping never stops before this many epochs (preset 10, the released code's)")
+    g.add_argument("--drop-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="drop the last incomplete training batch of each epoch (preset: --no-drop-last, every image "
+                        "every epoch, as the released code; a last batch of one image is dropped anyway, since "
+                        "BatchNorm cannot train on it)")
     g.add_argument("--clip-grad", type=float, default=None,
-                   help="max gradient norm, 0 = off (preset: 0.5 in medvlsm-code, else off)")
+                   help="max gradient norm, 0 = off (preset 0.5, the released code's)")
     g.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="mixed precision (CUDA only)")
     g.add_argument("--threshold", type=threshold_arg, default=None,
                    help="probability threshold for metrics (default: the model's, 0.5; CRIS 0.35), or 'auto': "
@@ -232,9 +281,33 @@ def train_options() -> argparse.ArgumentParser:
     g.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke tests)")
     g.add_argument("--time-limit", type=float, default=None,
                    help="stop (cleanly, after an epoch) after this many minutes")
+    g = p.add_argument_group("parameter-efficient fine-tuning (docs/peft.md; defaults: each method's source)")
+    g.add_argument("--peft", default=None, choices=list(peft_methods()),
+                   help="train only a method's tensors, everything else frozen (the decoder too unless "
+                        "--train-decoder): adapter-shallow / adapter-dense (VLSM-Adapter), lora (peft), coop "
+                        "(text context vectors), vpt (visual prompt tokens); the run folder keeps only those tensors")
+    g.add_argument("--adapter-in", default=None, help="adapters: a subset of vision,text,cond (default all: VLC)")
+    g.add_argument("--adapter-dim", type=int, default=None, help="adapters: bottleneck width (512 shallow, 64 dense)")
+    g.add_argument("--lora-rank", type=int, default=None, help="LoRA rank r")
+    g.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (scale alpha / r)")
+    g.add_argument("--lora-dropout", type=float, default=None, help="LoRA dropout")
+    g.add_argument("--lora-targets", default=None, help="LoRA: comma-separated module names or suffixes (default: "
+                   "the model's attention projections)")
+    g.add_argument("--n-ctx", type=int, default=None, help="CoOp: number of learned context vectors")
+    g.add_argument("--vpt-tokens", type=int, default=None, help="VPT: number of visual prompt tokens")
+    g.add_argument("--vpt-deep", action=argparse.BooleanOptionalAction, default=None,
+                   help="VPT: new tokens in every layer (deep) instead of the first only (shallow)")
+    g.add_argument("--train-decoder", action="store_true", help="PEFT: train the decoder too")
     g = p.add_argument_group("run")
     g.add_argument("--resume", default=None, help="run folder (or its last.pth) to continue; only --epochs, "
                    "--time-limit, --device and --workers may change")
-    g.add_argument("--seed", type=int, default=0, help="random seed (python, numpy, torch, shuffling)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="random seed (python, numpy, torch, shuffling); preset: 0, 42 in medvlsm-code")
+    g.add_argument("--train-fraction", type=float, default=1.0,
+                   help="train on this fraction in (0, 1] of each training set (data-efficiency curves): a seeded, "
+                        "nested subset (10%% lies inside 25%%), validation and test untouched; recorded with its "
+                        "sha256 in final.json")
+    g.add_argument("--fraction-seed", type=int, default=0,
+                   help="seed of the --train-fraction subset (kept apart from --seed, so seeds share one subset)")
     g.add_argument("--no-test", action="store_true", help="skip the test-split evaluation at the end")
     return p

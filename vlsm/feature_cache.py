@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from datasets import collate
+from datasets.medical import image_position
 from models.base import SegModel, feature_tensors, map_features
 from util.runtime import autocast, prepare_images, tokenize_cached, unwrap
 
@@ -42,6 +43,14 @@ def has_feature_path(model) -> bool:
                for part in ("encode_image", "encode_text", "decode"))
 
 
+def _stochastic_in_train_mode(model) -> bool:
+    """Whether a frozen encoder holds a module whose output differs in train mode (dropout p > 0, BatchNorm)."""
+    from torch import nn
+    frozen = model.frozen_modules() if hasattr(model, "frozen_modules") else []
+    return any((isinstance(m, nn.Dropout) and m.p > 0) or isinstance(m, nn.modules.batchnorm._BatchNorm)
+               for f in frozen for m in f.modules())
+
+
 def check_usable(model, augment: bool) -> None:
     """Refuse (FeatureCacheError) when cached encoder outputs would differ from recomputed ones, or when the
     model is a text-free CNN: its frozen ResNet could be cached, but its multi-scale maps (the input image
@@ -52,10 +61,20 @@ def check_usable(model, augment: bool) -> None:
         raise FeatureCacheError(f"--cache-features: model '{name}' has no frozen-encoder feature path (CLIPSeg, "
                                 f"BiomedCLIPSeg(-D) and CRIS have one); train without --cache-features")
     frozen = getattr(model, "frozen", {})
+    peft = getattr(model, "peft", None)
+    changed = [part for part in ("image", "text") if not frozen.get(part)]
+    if peft and changed:  # a method that works inside an encoder changes its output every step
+        raise FeatureCacheError(f"--cache-features: --peft {peft['method']} works inside the {' and '.join(changed)} "
+                                f"encoder, so its outputs change every step and cannot be cached; methods that leave "
+                                f"both encoders' outputs unchanged can (e.g. --peft adapter-shallow --adapter-in cond)")
     if not (frozen.get("image") and frozen.get("text")):
         raise FeatureCacheError("--cache-features needs both encoders frozen (--freeze-image-encoder "
                                 "--freeze-text-encoder): an encoder that trains changes its outputs every step, so "
                                 "cached features would be wrong")
+    if getattr(model, "frozen_mode", "eval") == "train" and _stochastic_in_train_mode(model):
+        raise FeatureCacheError("--cache-features needs --frozen-mode eval here: these frozen encoders hold dropout "
+                                "or BatchNorm, which in train mode give other outputs every step, so cached features "
+                                "would be wrong")
     if augment:
         raise FeatureCacheError("--cache-features cannot be combined with --augment: augmentation changes every "
                                 "image every epoch, so features cached once would be wrong; drop one of the two")
@@ -148,7 +167,8 @@ class FeatureCache:
         for off, part in _parts(ds):
             seen = set()
             for k, smp in enumerate(part.samples):
-                key = (part.name, part.records[smp.record]["img_name"])
+                rec = part.records[smp.record]
+                key = (part.name, rec["img_name"], image_position(rec))  # a frame or slice is its own image
                 if key not in self.image_slot and key not in seen:
                     seen.add(key)
                     todo.append(off + k)

@@ -4,10 +4,14 @@
   dark and bright objects alike (a red tint vanishes on a red polyp);
 - :func:`showcase`: a few test images side by side: image, ground truth, the prediction with the right prompt,
   the prediction with another object's prompt (another target of the same image where there is one, else the
-  prompt of another image).
+  prompt of another image);
+- :func:`largest_drops`: the paper's Figure 4: the test images whose Dice drops most when one attribute of the
+  prompt takes another value of the dataset's value set (``datasets.perturb``, kind ``same_set``): image, ground
+  truth, prediction before and after, with both prompts and Dice; every candidate's Dice in a CSV beside it.
 
     python -m vlsm.figures --checkpoint last            # writes <run>/showcase.png and prints its path
     python -m vlsm.figures --checkpoint RUN --data kvasir --n 6 --out showcase.png
+    python -m vlsm.figures --checkpoint RUN --drops size,location       # <run>/largest_drops_<data>.png (Figure 4)
 """
 from __future__ import annotations
 
@@ -136,6 +140,101 @@ def showcase(model, data: str, prompt: str, threshold: float, device, out_png: s
     return out_png
 
 
+# ----------------------------------------------------------------------------- Figure 4: the largest drops
+
+
+def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    return float(dice_iou(torch.from_numpy(pred), torch.from_numpy(gt))[0])
+
+
+def drop_candidates(model, name: str, records: list[dict], prompt: str, threshold: float, device, *,
+                    attributes=("size", "location"), kind: str = "same_set", seed: int = 0,
+                    data_root: str = "data") -> list[dict]:
+    """For each record and attribute whose perturbed prompt differs: Dice with the right prompt and with the
+    perturbed one (``datasets.perturb.perturb_records``: attributes or the released prompts), without keeping the
+    masks.  Rows: index, img_name, attribute, from, to, before/after texts and Dice, drop."""
+    from datasets import read_image, read_mask
+    from datasets.perturb import perturb_records
+
+    from .text_report import evaluated_text
+    perturbed = {a: perturb_records(records, name, a, kind, seed) for a in attributes}
+    rows = []
+    model.eval()
+    for i, rec in enumerate(records):
+        before = evaluated_text(rec, prompt)
+        alts = []
+        for a in attributes:
+            new = perturbed[a][i]
+            after = evaluated_text(new, prompt)
+            if new["perturbation"]["changed"] and after != before:
+                alts.append((a, new["perturbation"], after))
+        if not alts:
+            continue
+        pil, _ = read_image(os.path.join(data_root, name, "images", rec["img_name"]))
+        gt = read_mask(os.path.join(data_root, name, "masks", rec["mask_name"])).astype(bool)
+        preds = _predict(model, pil, [before] + [t for _, _, t in alts], device, threshold)
+        d0 = _dice(preds[0], gt)
+        for (a, pert, after), pred in zip(alts, preds[1:]):
+            d1 = _dice(pred, gt)
+            rows.append({"index": i, "img_name": rec["img_name"], "attribute": a, "from": str(pert["from"]),
+                         "to": str(pert["to"]), "prompt_before": before, "prompt_after": after,
+                         "dice_before": d0, "dice_after": d1, "drop": d0 - d1})
+    return rows
+
+
+def largest_drops(model, data: str, prompt: str, threshold: float, device, out_png: str, *, split: str = "test",
+                  data_root: str = "data", prompts_root: str = "prompts_json", attributes=("size", "location"),
+                  kind: str = "same_set", n: int = 4, seed: int = 0, title: str = "") -> tuple[str, list[dict]]:
+    """The paper's Figure 4 for one dataset: the ``n`` images (one row each, the attribute with its largest drop)
+    whose Dice falls most when an attribute of the prompt takes another value (``kind``; default ``same_set``,
+    another value of the dataset's own value set).  Columns: image, ground truth, prediction with the right prompt,
+    prediction with the perturbed prompt.  Writes ``out_png`` and every candidate's Dice to the CSV beside it;
+    returns (png path, the rows shown)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from datasets import load_manifest, parse_names, read_image, read_mask
+    from util.io import write_csv_atomic
+    name = parse_names(data, data_root)[0]
+    prompt = "p1" if prompt == "random" else prompt
+    records = load_manifest(os.path.join(prompts_root, name, f"{split}.json"))
+    rows = drop_candidates(model, name, records, prompt, threshold, device, attributes=attributes, kind=kind,
+                           seed=seed, data_root=data_root)
+    if not rows:
+        raise ValueError(f"{name} {split}: no prompt changes when {', '.join(attributes)} take another value "
+                         f"({kind}); nothing to show")
+    csv_path = os.path.splitext(out_png)[0] + ".csv"
+    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+    write_csv_atomic(csv_path, sorted(rows, key=lambda r: -r["drop"]), list(rows[0]))
+    shown, seen = [], set()
+    for r in sorted(rows, key=lambda r: -r["drop"]):
+        if r["img_name"] not in seen and len(shown) < n:
+            shown.append(r)
+            seen.add(r["img_name"])
+    fig, axes = plt.subplots(len(shown), 4, figsize=(12, 3.3 * len(shown)), squeeze=False)
+    for row, r in zip(axes, shown):
+        rec = records[r["index"]]
+        pil, _ = read_image(os.path.join(data_root, name, "images", rec["img_name"]))
+        gt = read_mask(os.path.join(data_root, name, "masks", rec["mask_name"])).astype(bool)
+        before, after = _predict(model, pil, [r["prompt_before"], r["prompt_after"]], device, threshold)
+        panels = [(np.asarray(pil), rec["img_name"]),
+                  (draw_outline(pil, gt, colour=(255, 255, 0)), "ground truth"),
+                  (draw_outline(pil, before), f"before: \"{r['prompt_before']}\"\nDice {r['dice_before']:.2f}"),
+                  (draw_outline(pil, after, colour=(255, 0, 255)),
+                   f"{r['attribute']}: {r['from']} -> {r['to']}\n\"{r['prompt_after']}\"\nDice {r['dice_after']:.2f}")]
+        for ax, (img, text) in zip(row, panels):
+            ax.imshow(img)
+            ax.set_title("\n".join(textwrap.fill(t, 40) for t in text.split("\n")), fontsize=8)
+            ax.axis("off")
+    fig.suptitle(title or f"{name}: largest Dice drops when {', '.join(attributes)} take another value ({kind})",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png, shown
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -149,7 +248,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="default: the run's")
     p.add_argument("--prompts-root", default=None, help="default: the run's")
     p.add_argument("--n", type=int, default=4, help="number of images (rows)")
-    p.add_argument("--out", default=None, help="PNG path (default <run>/showcase.png)")
+    p.add_argument("--out", default=None, help="PNG path (default <run>/showcase.png, or "
+                   "<run>/largest_drops_<data>.png with --drops)")
+    p.add_argument("--drops", default=None, metavar="ATTRIBUTES",
+                   help="the paper's Figure 4 instead of the showcase: the images whose Dice drops most when one of "
+                        "these attributes (comma-separated, e.g. size,location) takes another value; one figure per "
+                        "dataset of --data")
+    p.add_argument("--kind", default="same_set", help="with --drops: how the value changes (datasets.perturb.KINDS; "
+                   "default same_set: another value of the dataset's value set, as Figure 4)")
+    p.add_argument("--seed", type=int, default=0, help="with --drops: seed of the value choices")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto")
     return p
 
@@ -159,6 +266,8 @@ def main(args) -> str:
     device = pick_device(args.device)
     run = load_trained(args.checkpoint, args.output_dir, device, cli.fixed_threshold(args.threshold, "vlsm.figures"))
     model, run_dir, targs, threshold = run.model, run.run_dir, run.args, run.threshold
+    if args.drops:
+        return _drops_main(args, model, run_dir, targs, threshold, device)
     out = showcase(model, args.data or targs.get("data", "synthetic"), args.prompt or targs.get("prompt", "p1"),
                    threshold, device, args.out or os.path.join(run_dir, "showcase.png"), split=args.split,
                    data_root=args.data_root or targs.get("data_root", "data"),
@@ -166,6 +275,27 @@ def main(args) -> str:
                    title=f"{targs.get('model', '')} trained on {targs.get('data', '')} with {targs.get('prompt', '')}")
     print(out)
     return out
+
+
+def _drops_main(args, model, run_dir: str, targs: dict, threshold: float, device) -> list[str]:
+    from datasets.perturb import ALIASES, KINDS, PERTURBABLE, parse_list
+    from datasets.registry import parse_names
+    attributes = parse_list(args.drops, PERTURBABLE, ALIASES, "attribute")
+    kind = parse_list(args.kind, KINDS, what="kind")[0]
+    data_root = args.data_root or targs.get("data_root", "data")
+    outs = []
+    for name in parse_names(args.data or targs.get("data", "synthetic"), data_root):
+        out = args.out if args.out and len(outs) == 0 else os.path.join(run_dir, f"largest_drops_{name}.png")
+        path, shown = largest_drops(model, name, args.prompt or targs.get("prompt", "p1"), threshold, device, out,
+                                    split=args.split, data_root=data_root,
+                                    prompts_root=args.prompts_root or targs.get("prompts_root", "prompts_json"),
+                                    attributes=attributes, kind=kind, n=args.n, seed=args.seed)
+        for r in shown:
+            print(f"{name} {r['img_name']}: {r['attribute']} {r['from']} -> {r['to']}: Dice {r['dice_before']:.3f} "
+                  f"-> {r['dice_after']:.3f}")
+        print(path)
+        outs.append(path)
+    return outs
 
 
 if __name__ == "__main__":

@@ -21,8 +21,18 @@ def build_optimizer(model, optimizer: str = "adamw", lr: float = 2e-3, weight_de
     return cls(groups, lr=lr, weight_decay=weight_decay)
 
 
-def build_scheduler(optimizer, kind: str = "plateau", patience: int = 5):
-    """ReduceLROnPlateau (x0.1 on validation loss), or a constant rate (``kind='constant'``)."""
+#: The schedules ``--scheduler`` offers (stepped once per epoch; plateau on the validation loss).
+SCHEDULERS = ("plateau", "constant", "cosine")
+
+
+def build_scheduler(optimizer, kind: str = "plateau", patience: int = 5, epochs: int = 1000, factor: float = 0.1):
+    """ReduceLROnPlateau (x0.1 on validation loss), a constant rate (``constant``), or cosine annealing from the
+    initial rate to 0 over ``epochs`` epochs (``cosine``: CosineAnnealingLR with T_max = epochs, one of the
+    schedules of the paper's search, its Table 4)."""
     if kind == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1, patience=patience)
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(epochs)))
+    if kind != "plateau":
+        raise ValueError(f"unknown scheduler {kind!r}; choose from {', '.join(SCHEDULERS)}")
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience)

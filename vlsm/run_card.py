@@ -53,14 +53,21 @@ def model_config(model, threshold: float) -> dict:
             "tokenizer": None if tok is None else {"class": type(tok).__name__,
                                                    "context_length": getattr(tok, "context_length", None)},
             "threshold": threshold, "output": "logits (B,1,h,w); sigmoid > threshold after bilinear upsampling "
-                                              "to the original size"}
+                                              "to the original size",
+            **({"peft": model.peft, "peft_base": model.peft_base} if getattr(model, "peft", None) else {})}
 
 
 def write_run_card(run_dir: str, model, args, threshold: float, manifests: list[str], final: dict) -> None:
-    """model.safetensors, config.json, provenance.json and README.md for a finished run (best weights)."""
-    from safetensors.torch import save_model
-    with atomic_output(os.path.join(run_dir, "model.safetensors")) as tmp:
-        save_model(model, tmp)
+    """model.safetensors (a parameter-efficient run: peft.safetensors, the method's tensors only, on top of the
+    base named in config.json), config.json, provenance.json and README.md for a finished run (best weights)."""
+    from safetensors.torch import save_file, save_model
+    if getattr(model, "peft", None):
+        from models.peft import peft_state_dict
+        with atomic_output(os.path.join(run_dir, "peft.safetensors")) as tmp:
+            save_file({k: v.contiguous() for k, v in peft_state_dict(model).items()}, tmp)
+    else:
+        with atomic_output(os.path.join(run_dir, "model.safetensors")) as tmp:
+            save_model(model, tmp)
     cfg = model_config(model, threshold)
     vocab = cfg["build_args"].get("tokenizer_path")
     if vocab and os.path.isfile(vocab):  # travel with the run: a copied folder needs no hub cache
@@ -71,6 +78,15 @@ def write_run_card(run_dir: str, model, args, threshold: float, manifests: list[
             "manifests": {os.path.abspath(m): file_sha256(m) for m in sorted(set(manifests))}}
     write_json_atomic(os.path.join(run_dir, "provenance.json"), prov, indent=2)
     write_atomic(os.path.join(run_dir, "README.md"), model_card(cfg, args, final, prov))
+
+
+def write_model_folder(out_dir: str, model, threshold: float) -> None:
+    """A plain model folder (config.json + model.safetensors) that ``models.model_from_checkpoint`` loads: e.g. a
+    LoRA run merged into its base weights (``export.py --merge``)."""
+    from safetensors.torch import save_model
+    with atomic_output(os.path.join(out_dir, "model.safetensors")) as tmp:
+        save_model(model, tmp)
+    write_json_atomic(os.path.join(out_dir, "config.json"), model_config(model, threshold), indent=2)
 
 
 def model_card(cfg: dict, args, final: dict, prov: dict) -> str:

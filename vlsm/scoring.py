@@ -56,6 +56,27 @@ def threshold_on_val(model, data: str, prompt: str, device, **data_kw) -> tuple[
                                             pin_memory=device.type == "cuda"), device)
 
 
+def truncated_prompts(model, rows: list[dict]) -> dict:
+    """How many of the scored records had a prompt longer than the text encoder's context, which the tokenizer
+    cut (models/text.py's truncation: the first tokens are kept, one warning, then counted): ``{"records",
+    "distinct", "context_length"}``; ``{}`` for a model without a counting tokenizer (the text-free CNNs)."""
+    import warnings
+    tok = getattr(model, "tokenizer", None)
+    warner = getattr(tok, "warner", None)
+    if warner is None:
+        return {}
+    cut = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for text in sorted({str(r.get("prompt", "")) for r in rows}):
+            before = warner.n_truncated
+            tok([text])
+            if warner.n_truncated > before:
+                cut.add(text)
+    return {"records": sum(str(r.get("prompt", "")) in cut for r in rows), "distinct": len(cut),
+            "context_length": getattr(tok, "context_length", None)}
+
+
 def score(model, data: str, split: str, prompt: str, threshold: float, device, *, eval_root: str | None = None,
           out: str | None = None, data_root: str = "data", prompts_root: str = "prompts_json",
           manifest: str | None = None, all_prompts: bool = False, swap_prompts: bool = False,
@@ -96,7 +117,11 @@ def score(model, data: str, split: str, prompt: str, threshold: float, device, *
     rows = res.pop("rows")
     write_csv_atomic(os.path.join(out_dir, "per_image.csv"), rows, list(rows[0]) if rows else ["dice"])
     stats = summarize(rows)
-    summary = {**stats, "data": data, "split": split, "prompt": prompt,
+    cut = truncated_prompts(model, rows)
+    if cut.get("records") and not quiet:
+        print(f"{data} {split}: {cut['records']} of {len(rows)} prompts ({cut['distinct']} distinct) are longer than "
+              f"the text encoder's {cut['context_length']} tokens and were truncated (models/text.py)")
+    summary = {**stats, "data": data, "split": split, "prompt": prompt, "truncated_prompts": cut,
                "manifest": manifest or default_manifest(prompts_root, data, split),
                "swap_prompts": swap_prompts, "all_prompts": all_prompts,
                "threshold": threshold, **({"target": target} if target else {}), **(extra or {}),

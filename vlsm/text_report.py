@@ -26,7 +26,8 @@ import os
 import random
 
 from datasets.manifest import load_manifest, swap_prompts
-from datasets.perturb import DEFAULT_ATTRIBUTES, has_attributes, perturb_records
+from datasets.medical import image_position
+from datasets.perturb import DEFAULT_ATTRIBUTES, perturb_records, perturbable
 from util.io import write_atomic, write_csv_atomic, write_json_atomic
 from util.metrics import metric_card
 
@@ -59,9 +60,9 @@ def other_image_records(records: list[dict], key: str) -> list[dict]:
     """Each record gets the prompt of a record of another image: the first one, going through the next images
     cyclically in manifest order, whose text names nothing in this image (no target of this image has the same
     text); the next image's first record when every text is shared."""
-    by_image: dict[str, list[str]] = {}
+    by_image: dict[tuple, list[str]] = {}   # an image is a file, or a frame or slice of one (slices differ)
     for r in records:
-        by_image.setdefault(r["img_name"], []).append(evaluated_text(r, key))
+        by_image.setdefault((r["img_name"], image_position(r)), []).append(evaluated_text(r, key))
     images = list(by_image)
     if len(images) < 2:
         raise ValueError("other_image needs at least two images")
@@ -70,7 +71,7 @@ def other_image_records(records: list[dict], key: str) -> list[dict]:
         own = set(by_image[img])
         later = (t for j in range(1, len(images)) for t in by_image[images[(i + j) % len(images)]])
         pick[img] = next((t for t in later if t not in own), by_image[images[(i + 1) % len(images)]][0])
-    return [_with_text(r, key, pick[r["img_name"]]) for r in records]
+    return [_with_text(r, key, pick[(r["img_name"], image_position(r))]) for r in records]
 
 
 def condition_records(records: list[dict], key: str, condition: str, seed: int = 0) -> list[dict] | None:
@@ -127,7 +128,7 @@ def text_reliance(model, data: str, prompt: str, threshold: float, device, out_d
         else:
             note = "" if recs else "no image has another target"
         jobs.append((c, recs, note))
-    if has_attributes(records) or data == "synthetic":
+    if perturbable(records, data):
         for attribute in attributes:
             for kind in kinds:
                 recs = perturb_records(records, data, attribute, kind, seed)

@@ -19,13 +19,14 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import ConcatDataset, DataLoader, RandomSampler, SequentialSampler
 
 import engine
 from datasets import build_dataset, collate
 from datasets.cache import enable_cache, loader_workers
 from models import create_model, get_preset, get_spec, model_from_checkpoint, resolve_weights
-from models.registry import PRESET_KEYS
+from models.peft import apply_peft, peft_state_dict
+from models.registry import PRESET_KEYS, base_identity, load_model_state
 from util import distributed
 from util.checkpoint import Checkpointer, load_checkpoint, new_dir, rng_state, set_rng_state, write_last_run
 from util.io import write_atomic, write_json_atomic
@@ -76,6 +77,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, key, value)
     args.preset_settings = {k: getattr(args, k) for k in PRESET_KEYS}
     args.preset_overridden = [k for k in PRESET_KEYS if getattr(args, k) != preset.get(k)]
+    if args.biomedclip_taps is not None and not args.model.startswith("biomedclipseg"):
+        raise ValueError(f"--biomedclip-taps is for biomedclipseg and biomedclipseg_d, not {args.model}")
     if args.multiclass and get_spec(args.model).uses_text:
         raise ValueError(f"--multiclass is for the text-free models (unet, unetplusplus, deeplabv3plus); {args.model} "
                          f"reads the prompt, which names the target of each record")
@@ -133,11 +136,31 @@ def build_model(args):
         cfg["cris_checkpoint"] = args.cris_checkpoint
     if args.model == "cris" and args.dropout is not None:
         cfg["dropout"] = args.dropout
+    if args.model.startswith("biomedclipseg") and getattr(args, "biomedclip_taps", None):
+        cfg["taps"] = args.biomedclip_taps
     if args.multiclass:
         cfg["class_names"] = list(multiclass_classes(args))
-    return create_model(args.model, weights=args.weights, size=args.size,
-                        freeze_image_encoder=args.freeze_image_encoder,
-                        freeze_text_encoder=args.freeze_text_encoder, **cfg)
+    # --peft freezes everything but its own tensors (and the decoder with --train-decoder): the freeze flags of
+    # the preset do not apply
+    model = create_model(args.model, weights=args.weights, size=args.size,
+                         freeze_image_encoder=args.freeze_image_encoder and not args.peft,
+                         freeze_text_encoder=args.freeze_text_encoder and not args.peft, **cfg)
+    model = model.set_frozen_mode(getattr(args, "frozen_mode", None) or "eval")
+    if args.peft:  # the base's identity first, then the method (models.peft; docs/peft.md)
+        model.peft_base = base_identity(model, args.seed)
+        apply_peft(model, args.peft, **cli.peft_options(args))
+    return model
+
+
+def drop_last(args, n: int, batch: int) -> bool:
+    """Whether an epoch leaves out its last incomplete batch of ``batch`` (global) images out of ``n``: with
+    ``--drop-last``; without it (the presets: every image every epoch, as the released code) only a last batch
+    of one image, on which BatchNorm cannot train.  A split no larger than one batch is never cut."""
+    if n <= batch:
+        return False
+    if getattr(args, "drop_last", None) is None:  # a run saved before the option existed: as it ran then
+        return True
+    return bool(args.drop_last) or n % batch == 1
 
 
 def make_loaders(args, model, device):
@@ -146,7 +169,8 @@ def make_loaders(args, model, device):
               target=args.target)
     with distributed.rank_zero_first():  # under torchrun rank 0 builds the data cache (and synthetic data) first
         train_ds = build_dataset(args.data, "train", train=True, augment=args.augment,
-                                 per_image=args.multiclass, **kw)
+                                 per_image=args.multiclass, train_fraction=args.train_fraction,
+                                 fraction_seed=args.fraction_seed, **kw)
         val_ds = build_dataset(args.data, "val", return_original=True, **kw)
         if not args.no_cache:  # images and masks decoded and resized once (datasets/cache.py)
             cache_dir = args.cache_dir or os.path.join(args.data_root, ".cache")
@@ -159,14 +183,15 @@ def make_loaders(args, model, device):
     if distributed.enabled():  # the single process's order, each process taking its slice of every global batch
         world = distributed.world_size()
         train_sampler = distributed.ShardSampler(RandomSampler(train_ds, generator=g), args.batch_size,
-                                                 drop_last=len(train_ds) > args.batch_size * world)
+                                                 drop_last=drop_last(args, len(train_ds), args.batch_size * world))
         train_loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=train_sampler, generator=g,
                                   **common(train_ds))
         val_loader = DataLoader(val_ds, batch_size=args.batch_size,
                                 sampler=distributed.ShardSampler(SequentialSampler(val_ds)), **common(val_ds))
         return train_loader, val_loader
     train_loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True,
-                              drop_last=len(train_ds) > args.batch_size, generator=g, **common(train_ds))
+                              drop_last=drop_last(args, len(train_ds), args.batch_size), generator=g,
+                              **common(train_ds))
     val_loader = DataLoader(val_ds, batch_size=args.batch_size, shuffle=False, **common(val_ds))
     return train_loader, val_loader
 
@@ -216,6 +241,8 @@ class Run:
     start_epoch: int = 0
     best: float = -1.0
     best_epoch: int = -1
+    stop_best: float = -1.0  # early stopping's reference: the last val Dice better than its own by > min_delta
+    stop_epoch: int = -1
     global_step: int = 0
     skipped: list = field(default_factory=list)
     nonfinite: int = 0
@@ -234,10 +261,14 @@ class Run:
 
     def state(self, epoch: int) -> dict:
         """The checkpoint after ``epoch`` finished epochs."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        peft = getattr(self.model, "peft", None)  # a PEFT run keeps only the method's tensors
+        return {"model": peft_state_dict(self.model) if peft else self.model.state_dict(),
+                "peft": peft, "peft_base": getattr(self.model, "peft_base", None),
+                "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None, "epoch": epoch,
                 "best_dice": self.best, "best_epoch": self.best_epoch, "global_step": self.global_step,
+                "stop_best": self.stop_best, "stop_epoch": self.stop_epoch,
                 "model_name": self.args.model, "build_args": self.model.build_args, "args": vars(self.args),
                 "rng": rng_state(), "loader_rng": self.train_loader.generator.get_state(),
                 "threshold": self.threshold}
@@ -265,7 +296,8 @@ def _setup(args) -> Run:
     threshold = args.threshold if args.threshold not in (None, "auto") else model.default_threshold
     train_loader, val_loader = make_loaders(args, model, device)
     optimizer = build_optimizer(model, args.optimizer, args.lr, args.weight_decay, args.encoder_lr)
-    scheduler = build_scheduler(optimizer, args.scheduler or "plateau", args.lr_patience or 5)
+    scheduler = build_scheduler(optimizer, args.scheduler or "plateau", args.lr_patience or 5, args.epochs,
+                                args.lr_factor or 0.1)
     scaler = torch.amp.GradScaler("cuda") if amp and amp_dtype(device) == torch.float16 else None  # bf16 needs none
     loss_cls = PerTargetLoss if args.multiclass else SegLoss
     run = Run(args, device, model, optimizer, scheduler, scaler, loss_cls(args.loss, args.bce_weight),
@@ -337,13 +369,14 @@ def resume(args) -> Run:
     defaults = vars(cli.train_options().parse_args([]))
     run = _setup(argparse.Namespace(**{**defaults, **saved, **changes, "resume": args.resume}))
     run.run_dir = run_dir
-    run.model.load_state_dict(ckpt["model"])
+    load_model_state(run.model, ckpt)
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
     if run.scaler is not None and ckpt.get("scaler"):
         run.scaler.load_state_dict(ckpt["scaler"])
     run.start_epoch = ckpt["epoch"]
     run.best, run.best_epoch = ckpt["best_dice"], ckpt["best_epoch"]
+    run.stop_best, run.stop_epoch = ckpt.get("stop_best", run.best), ckpt.get("stop_epoch", run.best_epoch)
     run.global_step = ckpt.get("global_step", 0)
     set_rng_state(ckpt["rng"])
     if "loader_rng" in ckpt:  # the next epoch's shuffle is the one an uninterrupted run would draw
@@ -370,13 +403,15 @@ def _epoch(run: Run, epoch: int, writer, vis_batch, stop) -> bool:
     va = distributed.reduce_eval(va)
     if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         run.scheduler.step(va.get("loss", -va["dice"]))
-    else:  # constant
+    else:  # constant, cosine: once per epoch
         run.scheduler.step()
     run.skipped += tr["skipped"] + va["skipped"]
     run.nonfinite += tr["nonfinite_steps"]
     improved = va["dice"] > run.best
     if improved:
         run.best, run.best_epoch = va["dice"], epoch
+    if va["dice"] > run.stop_best + (a.min_delta or 0.0):  # early stopping counts only gains above min_delta
+        run.stop_best, run.stop_epoch = va["dice"], epoch
     row = {"epoch": epoch, "train_loss": tr.get("loss"), "val_loss": va.get("loss"), "val_dice": va["dice"],
            "val_iou": va["iou"], "lr": tr["lr"], "nonfinite_steps": tr["nonfinite_steps"],
            "seconds": round(tr["seconds"], 1), "best_val_dice": run.best}
@@ -407,8 +442,9 @@ def fit(run: Run) -> str:
         with StopRequested() as stop:
             for epoch in range(run.start_epoch, a.epochs):
                 _epoch(run, epoch, writer, vis_batch, stop)
-                if a.early_stop and epoch - run.best_epoch >= a.early_stop:
-                    return f"early stopping (no better val Dice for {a.early_stop} epochs)"
+                if a.early_stop and epoch + 1 >= (a.min_epochs or 0) and epoch - run.stop_epoch >= a.early_stop:
+                    return (f"early stopping (no val Dice better by more than {a.min_delta or 0:g} for "
+                            f"{a.early_stop} epochs)")
                 if a.time_limit and distributed.broadcast_object((time.time() - t_start) / 60 > a.time_limit):
                     return f"time limit ({a.time_limit} min)"
         return "epochs"
@@ -446,6 +482,9 @@ def finish(run: Run, stopped_by: str, minutes: float) -> dict:
         print(f"skipped {len(skipped)} bad samples:\n  " + "\n  ".join(skipped[:50]))
     final = {"best_val_dice": run.best, "best_epoch": run.best_epoch, "stopped_by": stopped_by,
              "nonfinite_steps": run.nonfinite, "skipped_samples": skipped, "minutes": minutes}
+    subsets = train_subsets(run.train_loader.dataset)
+    if subsets:
+        final["train_subset"] = subsets
     model, ckpt = model_from_checkpoint(run.run_dir, run.device)
     threshold = ckpt.get("threshold", run.threshold)
     if a.threshold == "auto":  # chosen on the validation split, stored with the best weights
@@ -471,6 +510,13 @@ def finish(run: Run, stopped_by: str, minutes: float) -> dict:
     write_run_card(run.run_dir, model, a, threshold, [m for m in manifests if os.path.isfile(m)], final)
     write_json_atomic(os.path.join(run.run_dir, "final.json"), final, indent=2)
     return {"run_dir": run.run_dir, **final}
+
+
+def train_subsets(ds) -> dict:
+    """``{dataset: subset record}`` of a --train-fraction run ({} for the whole training split)."""
+    parts = ds.datasets if isinstance(ds, ConcatDataset) else [ds]
+    parts = [getattr(p, "base", p) for p in parts]  # --multiclass: the manifest dataset under the image view
+    return {p.name: p.subset for p in parts if getattr(p, "subset", None)}
 
 
 def run_training(args) -> dict:

@@ -4,7 +4,8 @@ Layout: per-patient folders ``patientXXXX/`` (anywhere down to three levels belo
 2019 release has ``training/`` and ``testing/``, the 2023 public release ``database_nifti/``) with
 ``patientXXXX_{2CH,4CH}_{ED,ES}.{mhd,nii.gz,nii}`` images, ``..._gt`` label maps (0 background,
 1 LV cavity, 2 myocardium, 3 LA cavity) and ``Info_2CH.cfg`` / ``Info_4CH.cfg`` ("Key: value" lines
-with Sex, Age, ImageQuality, ED, ES, ...). Read with SimpleITK; images are written as 8-bit PNG.
+with Sex, Age, ImageQuality, ED, ES, ...). Read as stored by ``datasets.medical.read_voxels`` (nibabel for NIfTI,
+SimpleITK for MHD); images are written as 8-bit PNG.
 
 One image gives three records, one per structure, each with its own binary mask. Names are the paper's
 (its released manifests and ``configs/datamodule/*/camus.yaml``): train and val images live in
@@ -45,15 +46,11 @@ SPLIT_FILES = {"train": "subgroup_training.txt", "val": "subgroup_validation.txt
 
 
 def read_volume(path: str) -> np.ndarray:
-    """The 2-D pixel array of an MHD/NIfTI file (SimpleITK; singleton axes dropped)."""
-    import SimpleITK as sitk
-    try:
-        arr = sitk.GetArrayFromImage(sitk.ReadImage(path))
-    except RuntimeError as e:
-        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise PrepareError(f"cannot read {path} with SimpleITK: {msg} (for .mhd the .raw file must sit beside it)") \
-            from None
-    arr = np.squeeze(arr)
+    """The 2-D pixel array of an MHD/NIfTI file as stored (the shared reader ``datasets.medical.read_voxels``:
+    nibabel for NIfTI, SimpleITK for MHD; singleton axes dropped; no reorientation, so the images keep the
+    pixel layout of the paper's PNGs)."""
+    from ..medical import read_voxels
+    arr = read_voxels(path, PrepareError)
     if arr.ndim != 2:
         raise PrepareError(f"{path} has shape {arr.shape}; expected a single 2-D frame (ED/ES image or _gt map)")
     return arr

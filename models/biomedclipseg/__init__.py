@@ -26,8 +26,8 @@ original CLIPSeg taps ``resblocks[i]`` for ``i in (3, 6, 9)`` and transformers'
 outputs of the 4th, 7th and 10th blocks (counting from 1) to the decoder, the same
 blocks whose activations the pretrained CLIPSeg decoder was trained on.  (The
 paper's BiomedCLIPSeg-D code indexed a list *without* the embedding output with
-``i + 1`` and so tapped blocks 5, 8 and 11.)  Blocks after ``max(extract_layers)``,
-the final norm and the image projection do not influence the output; they are kept
+``i + 1`` and so tapped blocks 5, 8 and 11; ``taps="code"`` taps those, for ``--preset medvlsm-code``.)
+Blocks after ``max(extract_layers)``, the final norm and the image projection do not influence the output; they are kept
 so the BiomedCLIP checkpoint loads unchanged, and the forward pass stops early.
 
 Weights (:mod:`.weights`)
@@ -94,7 +94,23 @@ SIZES = {
 }
 
 
-def _build(weights, size, input_size, extract_layers, tokenizer_path, decoder_kw: dict, cfg: dict):
+#: where the decoder taps the image encoder: "clipseg" (the default, CLIPSeg's blocks) or "code" (the released
+#: code's, each one block later: ``hidden_states[i + 1]`` of a list without the embedding output)
+TAPS = ("clipseg", "code")
+
+
+def tap_layers(default, taps: str, depth: int) -> tuple[int, ...]:
+    """The 0-based blocks tapped under ``taps``: ``default`` (clipseg), or each one block later (code: (4, 7, 10)
+    of BiomedCLIP's 12).  Where a shifted tap would leave the encoder (only the 4-block tiny test config, whose
+    taps end on its last block) the default taps stay, so the decoder keeps its layers."""
+    if taps not in TAPS:
+        raise ValueError(f"taps must be one of {', '.join(TAPS)}, got {taps!r}")
+    shifted = tuple(i + 1 for i in default)
+    return tuple(default) if taps == "clipseg" or shifted[-1] >= depth else shifted
+
+
+def _build(weights, size, input_size, extract_layers, tokenizer_path, decoder_kw: dict, cfg: dict,
+           taps: str = "clipseg"):
     if size not in SIZES:
         raise ValueError(f"size must be one of {list(SIZES)}, got {size!r}")
     if cfg:
@@ -112,7 +128,8 @@ def _build(weights, size, input_size, extract_layers, tokenizer_path, decoder_kw
             raise ValueError("size='tiny' BiomedCLIPSeg needs tokenizer_path=<vocab.txt> (make one with "
                              "models.biomedclipseg.make_tiny_bert_vocab(folder, words))")
         text_cfg["vocab_size"] = tokenizer.vocab_size
-    layers = tuple(extract_layers) if extract_layers is not None else sc["extract_layers"]
+    layers = tuple(extract_layers) if extract_layers is not None else \
+        tap_layers(sc["extract_layers"], taps, sc["vision"]["depth"])
     visual = BiomedCLIPVision(sc["vision"], sc["embed_dim"])
     text = BiomedCLIPText(text_cfg, sc["embed_dim"])
     dec = dict(sc["decoder"], **{k: v for k, v in decoder_kw.items() if v is not None})
@@ -131,20 +148,22 @@ def _build(weights, size, input_size, extract_layers, tokenizer_path, decoder_kw
 
 def build_biomedclipseg(weights: str | None = None, size: str = "base", input_size: int | None = None,
                         extract_layers=None, reduce_dim: int | None = None, tokenizer_path: str | None = None,
-                        n_heads: int | None = None, refined: bool = True, **cfg) -> BiomedCLIPSeg:
+                        n_heads: int | None = None, refined: bool = True, taps: str = "clipseg",
+                        **cfg) -> BiomedCLIPSeg:
     """BiomedCLIPSeg: BiomedCLIP encoders (``weights``) + randomly initialised CLIPSeg decoder.
 
     extract_layers: 0-based block indices (default (3, 6, 9) base, (1, 2, 3) tiny); see the package docstring.
+    taps: "clipseg" (those defaults) or "code" (the released code's blocks, one later; :func:`tap_layers`).
     reduce_dim: decoder width (default 64 base, 16 tiny).  refined: CLIPSeg "refined" upsampling head.
     tokenizer_path: vocab.txt (or a folder with one); required for size='tiny'.
     """
     return _build(weights, size, input_size, extract_layers, tokenizer_path,
-                  {"reduce_dim": reduce_dim, "n_heads": n_heads, "refined": refined}, cfg)
+                  {"reduce_dim": reduce_dim, "n_heads": n_heads, "refined": refined}, cfg, taps)
 
 
 def build_biomedclipseg_d(weights: str | None = None, size: str = "base", clipseg_weights: str | None = "auto",
                           input_size: int | None = None, extract_layers=None, tokenizer_path: str | None = None,
-                          **cfg) -> BiomedCLIPSeg:
+                          taps: str = "clipseg", **cfg) -> BiomedCLIPSeg:
     """BiomedCLIPSeg-D: BiomedCLIP encoders + decoder initialised from a pretrained CLIPSeg.
 
     clipseg_weights: hub id or folder of a ``CLIPSegForImageSegmentation``; ``"auto"`` (default) means
@@ -157,7 +176,8 @@ def build_biomedclipseg_d(weights: str | None = None, size: str = "base", clipse
         clipseg_weights = CLIPSEG_HUB_ID if weights is not None else None
     if clipseg_weights is None:
         logger.info("biomedclipseg_d: no CLIPSeg weights given; decoder initialised at random")
-        return build_biomedclipseg(weights, size, input_size, extract_layers, tokenizer_path=tokenizer_path, **cfg)
+        return build_biomedclipseg(weights, size, input_size, extract_layers, tokenizer_path=tokenizer_path, taps=taps,
+                                   **cfg)
     pretrained = load_pretrained_clipseg(str(clipseg_weights))
     pc = pretrained.config
     dec_kw = {"reduce_dim": pc.reduce_dim, "n_heads": pc.decoder_num_attention_heads,
@@ -166,7 +186,7 @@ def build_biomedclipseg_d(weights: str | None = None, size: str = "base", clipse
     for key in ("reduce_dim", "n_heads", "refined"):
         if key in cfg:
             dec_kw[key] = cfg.pop(key)
-    model = _build(weights, size, input_size, extract_layers, tokenizer_path, dec_kw, cfg)
+    model = _build(weights, size, input_size, extract_layers, tokenizer_path, dec_kw, cfg, taps)
     if tuple(pc.extract_layers) != model.extract_layers:
         logger.warning("biomedclipseg_d: pretrained CLIPSeg tapped layers %s, this model taps %s",
                        tuple(pc.extract_layers), model.extract_layers)

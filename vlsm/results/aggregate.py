@@ -14,7 +14,8 @@ from vlsm.study.steps import STEPS
 from .collect import KEY
 
 MEAN_COLUMNS = KEY + ("n_seeds", "seeds", "n", "dice_mean", "dice_sd_seeds", "dice_sd_images", "iou_mean",
-                      "iou_sd_seeds", "threshold", "rel_change_pct", "rel_change_sd_seeds")
+                      "iou_sd_seeds", "hd95_mean", "hd95_sd_seeds", "hd95_unit", "threshold", "rel_change_pct",
+                      "rel_change_sd_seeds")
 
 
 def mean_sd(values) -> tuple[float, float]:
@@ -54,12 +55,15 @@ def aggregate(rows: list[dict]) -> list[dict]:
     for key, rs in groups.items():
         d_m, d_sd = mean_sd(r["dice_mean"] for r in rs)
         i_m, i_sd = mean_sd(r["iou_mean"] for r in rs)
+        h_m, h_sd = mean_sd(r.get("hd95_mean", "") for r in rs)
         img_sd, _ = mean_sd(r["dice_std"] for r in rs)
         rel_m, rel_sd = mean_sd(r.get("rel_change_pct", "") for r in rs)
         ns = sorted({int(r["n"]) for r in rs if r["n"] != ""})
         out.append({**dict(zip(KEY, key)), "n_seeds": len(rs), "seeds": " ".join(str(r["seed"]) for r in rs),
                     "n": ns[0] if len(ns) == 1 else "-".join(map(str, ns[:1] + ns[-1:])), "dice_mean": d_m,
                     "dice_sd_seeds": d_sd, "dice_sd_images": img_sd, "iou_mean": i_m, "iou_sd_seeds": i_sd,
+                    "hd95_mean": h_m, "hd95_sd_seeds": h_sd,
+                    "hd95_unit": "/".join(sorted({str(r.get("hd95_unit") or "") for r in rs} - {""})),
                     "threshold": rs[0]["threshold"], "rel_change_pct": rel_m, "rel_change_sd_seeds": rel_sd,
                     "_rows": rs})
     return out

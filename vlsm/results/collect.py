@@ -5,9 +5,10 @@ text-reliance report; a study step with a marker of its own is read by its recor
 (:attr:`Collected.unreadable`), and the report shows the list.
 
 A row is identified by: setting (finetuned / zeroshot), step (the study's step names), model, training data and
-prompt, test data, split, evaluation prompt, preset, seed, freeze setting, perturbed attribute and kind,
-text-reliance condition.  Summaries written by the study carry these fields; for the others they are read from
-the run's ``args.json`` and the summary itself.
+prompt, test data, split, evaluation prompt, preset, seed, freeze setting, the swept training options of a study's
+sweep (``sweep``: ``batch_size=16 lr=0.001 ...``), perturbed attribute and kind, text-reliance condition. Summaries
+written by the study carry these fields; for the others they are read from the run's ``args.json`` and the summary
+itself.
 """
 from __future__ import annotations
 
@@ -23,12 +24,13 @@ from vlsm.study.steps import LEGACY_NAMES, STEPS
 SUMMARY, TEXT_RELIANCE = "summary.json", "text_reliance.json"
 PERTURBED_NAME = re.compile(rf"^(?P<stem>.+?)__(?P<attribute>[a-z_]+?)__(?P<kind>{'|'.join(KINDS)})\.json$")
 COLUMNS = ("study", "cell", "setting", "step", "model", "size", "train_data", "train_prompt", "test_data", "split",
-           "prompt", "preset", "seed", "freeze", "attribute", "kind", "condition", "n", "dice_mean", "dice_std",
-           "iou_mean", "iou_std", "threshold", "resolution", "empty_mask_rule", "manifest", "results_dir")
+           "prompt", "preset", "seed", "freeze", "sweep", "attribute", "kind", "condition", "n", "dice_mean",
+           "dice_std", "iou_mean", "iou_std", "hd95_mean", "hd95_unit", "hd95_excluded",
+           "threshold", "resolution", "empty_mask_rule", "manifest", "results_dir")
 KEY = ("setting", "step", "model", "size", "train_data", "train_prompt", "test_data", "split", "prompt",
-       "preset", "freeze", "attribute", "kind", "condition")  # a result, up to its seed
+       "preset", "freeze", "sweep", "attribute", "kind", "condition")  # a result, up to its seed
 STUDY_FIELDS = ("study", "cell", "setting", "step", "model", "size", "train_data", "train_prompt", "preset", "seed",
-                "freeze")
+                "freeze", "sweep")
 
 
 class Unreadable(ValueError):
@@ -126,6 +128,8 @@ def summary_row(path: str, unreadable: list | None = None) -> dict:
     card = s.get("metric_card") or {}
     row = blank_row(split=s.get("split", ""), prompt=s.get("prompt", ""), n=s.get("n", ""), dice_mean=s["dice_mean"],
                     dice_std=s.get("dice_std", ""), iou_mean=s.get("iou_mean", ""), iou_std=s.get("iou_std", ""),
+                    hd95_mean=s.get("hd95_mean", ""), hd95_unit=s.get("hd95_unit", ""),
+                    hd95_excluded=s.get("hd95_excluded", ""),
                     threshold=s.get("threshold", card.get("threshold", "")),
                     resolution=card.get("resolution", s.get("metric_resolution", "")),
                     empty_mask_rule=card.get("empty_mask_rule", s.get("empty_mask_rule", "")),
@@ -148,7 +152,8 @@ def summary_row(path: str, unreadable: list | None = None) -> dict:
         row.update(setting="finetuned" if args else "", model=args.get("model", s.get("model", "")),
                    size=args.get("size", ""), train_data=args.get("data", ""), train_prompt=args.get("prompt", ""),
                    preset=args.get("preset", ""), seed=args.get("seed", ""),
-                   freeze=freeze_name(args.get("freeze_image_encoder"), args.get("freeze_text_encoder"))
+                   freeze=(f"peft:{args['peft']}" if args.get("peft") else
+                           freeze_name(args.get("freeze_image_encoder"), args.get("freeze_text_encoder")))
                    if args else "")
     row["step"] = row["step"] or _infer_step(row, s)
     row["_run"] = row["cell"] or run_dir or os.path.dirname(res_dir)  # zeroshot.py: one folder per invocation

@@ -121,3 +121,56 @@ def plot_perturbation(rs: list[dict], path: str) -> str:
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_search(table: Table, path: str) -> str:
+    """Table 4's search: Dice against the learning rate (log scale), a line per combination of the other swept
+    options (e.g. optimizer, scheduler, batch size); without a swept lr, a bar per combination."""
+    from .tables import _sort_value, parse_sweep
+    plt = _plt()
+    rs = table.sources
+    runs = [(parse_sweep(a["sweep"]), 100 * a["dice_mean"]) for a in rs]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if any("lr" in v for v, _ in runs):
+        lines: dict = {}
+        for v, d in runs:
+            label = " ".join(f"{k}={x}" for k, x in sorted(v.items()) if k != "lr") or "dice"
+            lines.setdefault(label, []).append((float(v.get("lr", "nan")), d))
+        for label, pts in sorted(lines.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        if len(lines) <= 24:
+            ax.legend(fontsize=6, ncol=2)
+    else:
+        runs.sort(key=lambda r: tuple(_sort_value(x) for _, x in sorted(r[0].items())))
+        ax.bar(range(len(runs)), [d for _, d in runs])
+        ax.set_xticks(range(len(runs)), [" ".join(f"{k}={x}" for k, x in sorted(v.items())) for v, _ in runs],
+                     rotation=60, ha="right", fontsize=6)
+    ax.set_ylabel("Dice (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.set_title(table.title.split(";")[0], fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+
+def plot_efficiency(table: Table, path: str) -> str:
+    """Data efficiency: test Dice against the fraction of the training split, a line per way of training."""
+    from .tables import _by_method, parse_sweep
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (_, method), cell in _by_method(table.sources).items():
+        pts = sorted((float(parse_sweep(a["sweep"])["train_fraction"]), 100 * a["dice_mean"]) for a in cell)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("fraction of the training split")
+    ax.set_ylabel("Dice (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(table.title.split(",")[0], fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,7 +1,7 @@
-"""The report of a folder of results: ``results.csv`` (one row per result), ``results_mean.csv`` (mean and sample
-std over seeds), ``tables.md`` (the tables of :mod:`.tables`, each followed by its metric card) and the PNG plots
-of :mod:`.plots`, all written atomically.  Results files that cannot be read are listed in tables.md, in the
-returned dict and on stderr, never dropped silently.
+"""The report of a folder of results: ``results.csv`` (one row per result), ``results_mean.csv`` (mean and sample std
+over seeds), ``tables.md`` (the tables of :mod:`.tables`, each followed by its metric card; a study's sweep as the
+search table of Table 4) and the PNG plots of :mod:`.plots`, all written atomically. Results files that cannot be
+read are listed in tables.md, in the returned dict and on stderr, never dropped silently.
 """
 from __future__ import annotations
 
@@ -43,7 +43,9 @@ def write_report(roots, out_dir: str, title: str = "Results", plots: bool = True
                "mean_csv": write_csv(agg, os.path.join(out_dir, "results_mean.csv"), MEAN_COLUMNS),
                "markdown": os.path.join(out_dir, "tables.md"), "tables": [], "plots": [],
                "unreadable": found.unreadable, "rows": len(found.rows)}
-    made = [t for build in tables.BUILDERS for t in build(agg)] + tables.text_reliance(found.reports)
+    plain = [a for a in agg if not a.get("sweep")]  # a sweep's cells are a search, not the paper's layouts
+    made = ([t for build in tables.BUILDERS for t in build(plain)] + tables.search(agg) + tables.boundary(agg)
+            + tables.efficiency(agg) + tables.text_reliance(found.reports))
     lines = [f"# {title}", "", f"{len(found.rows)} results from {', '.join(roots)}; {len(agg)} after averaging over "
              f"seeds; {len(found.unreadable)} files could not be read. Values: Dice (%).", ""]
     for t in made:
@@ -51,7 +53,11 @@ def write_report(roots, out_dir: str, title: str = "Results", plots: bool = True
         written["tables"].append(t.title)
     write_atomic(written["markdown"], "\n".join(lines + _unreadable_section(found.unreadable)))
     if plots:
-        written["plots"] = _plots(agg, out_dir)
+        written["plots"] = _plots(plain, out_dir) + [
+            plotting.plot_search(t, os.path.join(out_dir, f"search_{plotting.slug(*t.key)}.png"))
+            for t in tables.search(agg)] + [
+            plotting.plot_efficiency(t, os.path.join(out_dir, f"efficiency_{plotting.slug(*t.key)}.png"))
+            for t in tables.efficiency(agg)]
     return written
 
 

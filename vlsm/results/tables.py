@@ -1,7 +1,8 @@
 """The tables of tables.md.  Every builder takes the aggregated rows (:func:`.aggregate.aggregate`) and returns a
 list of :class:`Table`: Table 2 (training scheme x test set), Table 3 (out-of-distribution matrix), Dice by
 prompt (Figure 2 numbers; Tables 6-7 with frozen encoders), cross-prompt, swapped prompts, perturbation (Figure 3
-numbers), text reliance, and the results of any other step, so that no result is left out of the tables.
+numbers), text reliance, and the results of any other step, so that no result is left out of the tables; the
+results of a study's sweep (its cells with swept training options) go to :func:`search` (Table 4's search) only.
 """
 from __future__ import annotations
 
@@ -218,7 +219,8 @@ def perturbation(agg: list[dict]) -> list[Table]:
         body.append([m, train.replace(",", " + "), test, prompt, f"{100 * base:.2f}" if base == base else "–"]
                     + [fmt_rel(at.get(c)) for c in combos])
     return [_table("Perturbation (Figure 3 numbers) — relative Dice change (%) when one attribute of the prompt is "
-                   "replaced by a random uncommon word, its opposite value, or dropped",
+                   "replaced by a random uncommon word, its opposite value, another value of the dataset (same "
+                   "set), or dropped",
                    ["model", "trained on", "tested on", "prompt", "Dice (%)"]
                    + [f"{a} {k.replace('_', ' ')}" for a, k in combos], body, src)]
 
@@ -268,3 +270,104 @@ def other_steps(agg: list[dict]) -> list[Table]:
 
 
 BUILDERS = (table2, table3, by_prompt, cross_prompt, swap, perturbation, other_steps)  # take the aggregated rows
+
+
+def parse_sweep(label: str) -> dict:
+    """``"batch_size=16 lr=0.001"`` -> ``{"batch_size": "16", "lr": "0.001"}`` (the ``sweep`` column)."""
+    return dict(part.split("=", 1) for part in str(label).split() if "=" in part)
+
+
+def _sort_value(v: str):
+    try:
+        return (0, float(v), "")
+    except ValueError:
+        return (1, 0.0, v)
+
+
+def search(agg: list[dict]) -> list[Table]:
+    """Table 4's hyperparameter search: per model, training data and prompt, one row per combination of swept
+    options (the cells of a ``[grid.sweep]``), its test Dice, best first; the best in bold."""
+    src = [a for a in agg if a.get("sweep") and a["setting"] == "finetuned" and a["step"] == "test"]
+    out = []
+    for key, rs in group(src, ("model", "train_data", "test_data", "train_prompt", "preset", "freeze",
+                               "size")).items():
+        keys = sorted({k for a in rs for k in parse_sweep(a["sweep"])})
+        ranked = sorted(rs, key=lambda a: -a["dice_mean"] if a["dice_mean"] == a["dice_mean"] else 1.0)
+        body = []
+        for i, a in enumerate(ranked):
+            values = parse_sweep(a["sweep"])
+            dice = fmt(a)
+            body.append([str(i + 1)] + [values.get(k, "–") for k in keys] + [f"**{dice}**" if i == 0 else dice])
+        m, train, test, prompt, preset, freeze, size = key
+        out.append(_table(f"Hyperparameter search (Table 4) — {m} trained on {train.replace(',', ' + ')} with "
+                          f"{prompt}, Dice (%) on {test} test, {_setting(preset, freeze, size)}; the swept options "
+                          f"change the preset's values", ["rank"] + keys + ["Dice (%)"], body, rs, key))
+    return out
+
+
+
+def _method(a: dict) -> str:
+    """How a run was trained, in words: its PEFT method or frozen encoders, and swept options but the fraction."""
+    sweep = {k: v for k, v in parse_sweep(a.get("sweep", "")).items() if k != "train_fraction"}
+    freeze = str(a.get("freeze") or "none")
+    if "peft" in sweep:
+        label = sweep.pop("peft")
+    elif freeze.startswith("peft:"):
+        label = freeze[5:]
+    else:
+        label = {"none": "full fine-tuning", "both": "decoder only"}.get(freeze, f"frozen {freeze}")
+    return " ".join([label] + [f"{k}={v}" for k, v in sorted(sweep.items())])
+
+
+def _fmt_boundary(a: dict) -> str:
+    dice = "–" if a["dice_mean"] != a["dice_mean"] else f"{100 * a['dice_mean']:.2f}"
+    iou = "–" if a["iou_mean"] != a["iou_mean"] else f"{100 * a['iou_mean']:.2f}"
+    hd = a.get("hd95_mean", float("nan"))
+    hd = "–" if hd != hd else f"{hd:.2f} {a.get('hd95_unit') or 'px'}"
+    return f"{dice} / {iou} / {hd}"
+
+
+def boundary(agg: list[dict]) -> list[Table]:
+    """VLSM-Adapter's layout: per training prompt and size, one row per model and way of training (full
+    fine-tuning, decoder only, each PEFT method), one column per test set of its training data: Dice / IoU (%) /
+    HD95 (mm where every record has a pixel spacing, else px); the whole training set only."""
+    src = [a for a in agg if a["setting"] == "finetuned" and a["step"] == "test" and a.get("hd95_unit")
+           and "train_fraction" not in parse_sweep(a.get("sweep", ""))]
+    out = []
+    for key, rs in group(src, ("train_prompt", "preset", "size")).items():
+        tests = order({a["test_data"] for a in rs}, datasets_order())
+        body = []
+        for (model, method), cell in _by_method(rs).items():
+            by_test = {a["test_data"]: a for a in cell}
+            body.append([model, method] + [_fmt_boundary(by_test[t]) if t in by_test else "–" for t in tests])
+        prompt, preset, size = key
+        out.append(_table(f"Dice / IoU / HD95 by way of training (VLSM-Adapter's Table 1 layout) — prompt {prompt}, "
+                          f"preset {preset or '?'}{', size ' + size if size else ''}",
+                          ["model", "training"] + tests, body, rs, ("boundary",) + key))
+    return out
+
+
+def _by_method(rs: list[dict]) -> OrderedDict:
+    out: OrderedDict = OrderedDict()
+    for a in sorted(rs, key=lambda a: (order([a["model"]], models_order()), _method(a))):
+        out.setdefault((a["model"], _method(a)), []).append(a)
+    return out
+
+
+def efficiency(agg: list[dict]) -> list[Table]:
+    """Data efficiency: per model, training data and prompt, one row per way of training, one column per
+    ``train_fraction`` of a study's sweep (seeded, nested subsets of the training split): test Dice (%)."""
+    src = [a for a in agg if a["setting"] == "finetuned" and a["step"] == "test"
+           and "train_fraction" in parse_sweep(a.get("sweep", ""))]
+    out = []
+    for key, rs in group(src, ("model", "train_data", "test_data", "train_prompt", "preset", "size")).items():
+        fractions = sorted({parse_sweep(a["sweep"])["train_fraction"] for a in rs}, key=_sort_value)
+        body = []
+        for (_, method), cell in _by_method(rs).items():
+            by_f = {parse_sweep(a["sweep"])["train_fraction"]: a for a in cell}
+            body.append([method] + [fmt(by_f.get(f)) for f in fractions])
+        model, train, test, prompt, preset, size = key
+        out.append(_table(f"Data efficiency — {model} trained on {train.replace(',', ' + ')} with {prompt}, Dice (%) "
+                          f"on {test} test against the fraction of the training split",
+                          ["training"] + [f"{float(f):.0%}" for f in fractions], body, rs, ("efficiency",) + key))
+    return out

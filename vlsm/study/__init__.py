@@ -19,14 +19,14 @@ Parts:
 - :mod:`.prepare`: the ``[[data.prepare]]`` hook.
 """
 from .cells import Cell, Step, Study, StudyError
-from .executors import format_plan, run_gpus, run_local, snapshot, submit
+from .executors import format_plan, plan_records, run_gpus, run_local, snapshot, submit
 from .markers import cell_status, read_marker, step_dir, step_done, step_result
 from .prepare import add_prompts, prepare_data
 from .runner import run_cell, run_cell_job
-from .spec import check_refused, expand, load_study, select
+from .spec import check_refused, expand, load_study, resolved_settings, select
 from .steps import STEPS, StepContext, StepType, register, skip, unregister
 
-__all__ = ["Cell", "Step", "Study", "StudyError", "format_plan", "run_gpus", "run_local", "snapshot", "submit",
-           "cell_status", "read_marker", "step_dir", "step_done", "step_result", "add_prompts", "prepare_data",
-           "run_cell", "run_cell_job", "check_refused", "expand", "load_study", "select", "STEPS", "StepContext",
-           "StepType", "register", "skip", "unregister"]
+__all__ = ["Cell", "Step", "Study", "StudyError", "format_plan", "plan_records", "run_gpus", "run_local",
+           "snapshot", "submit", "cell_status", "read_marker", "step_dir", "step_done", "step_result", "add_prompts",
+           "prepare_data", "run_cell", "run_cell_job", "check_refused", "expand", "load_study", "resolved_settings",
+           "select", "STEPS", "StepContext", "StepType", "register", "skip", "unregister"]

@@ -13,6 +13,20 @@ class StudyError(ValueError):
     """A study file or a selection that cannot be run (the scripts print it as one line)."""
 
 
+def format_value(v) -> str:
+    """A swept value in a cell id and a report: 0.0001 -> 1e-04, True -> true, "adamw" -> adamw."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def sweep_label(sweep: dict) -> str:
+    """``batch_size=16 lr=0.001``: the swept values of a cell, in key order (the report's ``sweep`` column)."""
+    return " ".join(f"{k}={format_value(v)}" for k, v in sorted(sweep.items()))
+
+
 @dataclass
 class Step:
     """One step of one cell: a step of :data:`.steps.STEPS` (``name``) on one dataset with one prompt."""
@@ -46,12 +60,24 @@ class Cell:
     steps: list = field(default_factory=list)
     grids: list = field(default_factory=list)
     refused: str = ""         # why the cell may not run as the file gives it (e.g. zero-shot CRIS, no checkpoint)
+    sweep: dict = field(default_factory=dict)      # the swept training options' values (also in ``options``)
+    overrides: dict = field(default_factory=dict)  # option -> {"set", "preset"}: explicit values that change the preset
 
     @property
     def config_hash(self) -> str:
-        """What the cell's numbers depend on (not its steps: adding a step only adds work)."""
-        key = {k: v for k, v in asdict(self).items() if k not in ("steps", "grids", "id", "refused")}
+        """What the cell's numbers depend on (not its steps: adding a step only adds work; not ``sweep`` and
+        ``overrides``, which ``options`` and the preset already say)."""
+        key = {k: v for k, v in asdict(self).items()
+               if k not in ("steps", "grids", "id", "refused", "sweep", "overrides")}
         return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    def train_kwargs(self) -> dict:
+        """The training options of a fine-tuning cell, as ``vlsm.training.default_args`` takes them (without the
+        study's folders and device): its options, then what the grid sets."""
+        from vlsm.cli import FREEZE_SETTINGS
+        image, text = FREEZE_SETTINGS[self.freeze]
+        return {**self.options, "model": self.model, "data": self.data, "prompt": self.prompt, "preset": self.preset,
+                "seed": self.seed, "freeze_image_encoder": image, "freeze_text_encoder": text}
 
     @property
     def eval_prompt(self) -> str:

@@ -30,10 +30,30 @@ def format_plan(study: Study, cells: list[Cell]) -> str:
             refused.setdefault(c.refused, []).append(c.id)
         lines.append(f"{s['state']:<9} {s['steps_done']:>3}/{s['steps']:<3}  {c.id}"
                      + (f"  ({s['error']})" if s["error"] and not c.refused else ""))
+        if c.overrides:
+            lines.append(f"{'':<9} {'':>7}    changes preset {c.preset}: " + ", ".join(
+                f"{k}={v['set']} (preset {v['preset']})" for k, v in c.overrides.items()))
         lines += [f"{'':<9} {'':>7}    ignores {why}" for why in s["ignored"]]
     lines.append("total: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     lines += [f"refused: {', '.join(ids)}: {why}" for why, ids in refused.items()]
     return "\n".join(lines)
+
+
+def plan_records(study: Study, cells: list[Cell]) -> list[dict]:
+    """One JSON object per cell (``study.py --dry-run --json``): id, kind, model, data, prompt, preset, seed,
+    freeze, steps, state, and ``settings``: every setting a fine-tuning cell trains with (all the preset's keys,
+    resolved as ``vlsm.training.resolve_args`` does, with the cell's other options), or a zero-shot cell's model
+    options; ``overrides`` (explicit values that change the preset's), ``sweep`` and ``refused``."""
+    from .spec import resolved_settings
+    out = []
+    for c in cells:
+        s = cell_status(study, c)
+        settings = {**c.options, **resolved_settings(c)[0]} if c.kind == "finetune" else dict(c.options)
+        out.append({"id": c.id, "kind": c.kind, "model": c.model, "data": c.data, "prompt": c.prompt,
+                    "preset": c.preset, "seed": c.seed, "freeze": c.freeze, "steps": [st.label for st in c.steps],
+                    "state": s["state"], "steps_done": s["steps_done"], "settings": settings,
+                    "overrides": c.overrides, "sweep": c.sweep, "refused": c.refused, "grids": c.grids})
+    return out
 
 
 def run_local(study: Study, cells: list[Cell]) -> list[dict]:

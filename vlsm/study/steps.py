@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from datasets.perturb import perturb_records
-from datasets.registry import DATASETS, parse_names
+from datasets.registry import get_dataset, parse_names
 from util.io import write_json_atomic
 
-from .cells import Cell, Step, Study
+from .cells import Cell, Step, Study, sweep_label
 
 
 @dataclass
@@ -53,6 +53,8 @@ class StepContext:
              "setting": "zeroshot" if c.kind == "zeroshot" else "finetuned", "model": c.model,
              "size": c.options.get("size", ""), "train_data": c.data if c.kind == "finetune" else "",
              "train_prompt": c.prompt, "test_data": step.data, "preset": c.preset, "seed": c.seed, "freeze": c.freeze}
+        if c.sweep:
+            e["sweep"] = sweep_label(c.sweep)
         if step.attribute:
             e["perturbation"] = {"attribute": step.attribute, "kind": step.kind}
         return {**self.loaded().describe(), **e}
@@ -127,9 +129,13 @@ def skip(out: str, reason: str) -> None:
     print(f"[study]   skipped {os.path.basename(out)}: {reason}", flush=True)
 
 
-def test_sets(cell: Cell) -> list[str]:
-    """The cell's training datasets that have a test split."""
-    return [d for d in parse_names(cell.data) if "test" in DATASETS[d].splits]
+def test_sets(cell: Cell, data_root: str | None = None) -> list[str]:
+    """The cell's training datasets that have a test split (``data_root``: where user datasets are registered)."""
+    return [d for d in parse_names(cell.data, data_root) if "test" in get_dataset(d, data_root).splits]
+
+
+def _sets(g: dict, c: Cell) -> list[str]:
+    return test_sets(c, g.get("data_root"))
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -138,7 +144,6 @@ def test_sets(cell: Cell) -> list[str]:
 def _train(ctx: StepContext, step: Step, out: str) -> None:
     """``run_training`` into ``<cell>/run``, or its resumption from the last finished epoch."""
     from vlsm import training
-    from vlsm.cli import FREEZE_SETTINGS
     cell = ctx.cell
     if os.path.isfile(os.path.join(out, "args.json")) and os.path.isfile(os.path.join(out, "last.pth")):
         print(f"[study]   resuming the interrupted training in {out}", flush=True)
@@ -150,10 +155,7 @@ def _train(ctx: StepContext, step: Step, out: str) -> None:
     else:
         if os.path.isdir(out):
             shutil.rmtree(out)  # a start that did not finish its first epoch
-        image, text = FREEZE_SETTINGS[cell.freeze]
-        args = training.default_args(**{"workers": 0, **cell.options}, model=cell.model, data=cell.data,
-                                     prompt=cell.prompt, preset=cell.preset, seed=cell.seed,
-                                     freeze_image_encoder=image, freeze_text_encoder=text, out=out,
+        args = training.default_args(**{"workers": 0, **cell.train_kwargs()}, out=out,
                                      output_dir=ctx.study.cell_dir(cell), data_root=ctx.study.data_root,
                                      prompts_root=ctx.study.prompts_root, no_test=True, device=str(ctx.device))
     training.run_training(args)
@@ -176,16 +178,21 @@ def _swap(ctx: StepContext, step: Step, out: str) -> None:
 def perturbed_manifest(study: Study, data: str, attribute: str, kind: str) -> tuple[str | None, str]:
     """(path, note) of the study's perturbed test manifest (made once, seeded); path None when it cannot be made."""
     from datasets.manifest import load_manifest
-    from datasets.perturb import has_attributes
+    from datasets.perturb import perturbable, unmatched
     path = os.path.join(study.root, "manifests", data, f"test__{attribute}__{kind}.json")
     if os.path.isfile(path):
         return path, ""
     records = load_manifest(os.path.join(study.prompts_root, data, "test.json"))
-    if data != "synthetic" and not has_attributes(records):
-        return None, f"{data} records have no attributes (run make_prompts.py)"
+    if not perturbable(records, data):
+        return None, (f"{data} records have no attributes and their prompts do not follow the {data} template "
+                      f"(run make_prompts.py)")
     new = perturb_records(records, data, attribute, kind, study.seed)
     if not sum(r["perturbation"]["changed"] for r in new):
         return None, f"no {data} record has the attribute {attribute}"
+    off = unmatched(new)
+    if off:
+        print(f"[study]   {data}: {len(off)} of {len(new)} records do not follow the template and stay unperturbed "
+              f"in {os.path.basename(path)}: " + ", ".join(n for n, _ in off[:10]), flush=True)
     write_json_atomic(path, new)
     return path, ""
 
@@ -224,28 +231,29 @@ register(StepType(
     result=lambda f: {k: f.get(k) for k in ("best_val_dice", "best_epoch", "stopped_by", "threshold")}))
 register(StepType(
     "test", "each dataset of the training data, test split, the training prompt (random -> p1)", "finetune",
-    lambda g, c: [Step("test", d, c.eval_prompt) for d in test_sets(c)], _score, needs=FT, baseline=True))
+    lambda g, c: [Step("test", d, c.eval_prompt) for d in _sets(g, c)], _score, needs=FT, baseline=True))
 register(StepType(
     "ood", "each ood set that is not a training set", "finetune",
-    lambda g, c: [Step("ood", d, c.eval_prompt) for d in g["ood"] if d not in parse_names(c.data)], _score,
+    lambda g, c: [Step("ood", d, c.eval_prompt) for d in g["ood"]
+                  if d not in parse_names(c.data, g.get("data_root"))], _score,
     needs=FT, baseline=True))
 register(StepType(
     "cross_prompt", "the training datasets with each other prompt", "finetune",
-    lambda g, c: [Step("cross_prompt", d, p) for d in test_sets(c) for p in (g["cross_prompts"] or g["prompts"])
+    lambda g, c: [Step("cross_prompt", d, p) for d in _sets(g, c) for p in (g["cross_prompts"] or g["prompts"])
                   if p != c.eval_prompt], _score, needs=FT, text=True, baseline=True))
 register(StepType(
     "swap", "each record with the prompt of another target in its image (skipped where no image has two)",
-    "finetune", lambda g, c: [Step("swap", d, c.eval_prompt) for d in test_sets(c)], _swap, needs=FT, text=True,
+    "finetune", lambda g, c: [Step("swap", d, c.eval_prompt) for d in _sets(g, c)], _swap, needs=FT, text=True,
     relative=True))
 register(StepType(
     "perturbation", "one attribute changed per manifest (<root>/manifests/<data>/test__<attr>__<kind>.json)",
-    "finetune", lambda g, c: [Step("perturbation", d, c.eval_prompt, a, k) for d in test_sets(c)
+    "finetune", lambda g, c: [Step("perturbation", d, c.eval_prompt, a, k) for d in _sets(g, c)
                               for a in g["perturb_attributes"] for k in g["perturb_kinds"]],
     _perturbation, needs=FT + ("test",), text=True, relative=True))
 register(StepType(
     "text_reliance", "right / empty / other target / other image / gibberish / perturbed-attribute prompts",
     "finetune", lambda g, c: [Step("text_reliance", d, c.eval_prompt, options={
-        "attributes": g["perturb_attributes"], "kinds": g["text_reliance_kinds"]}) for d in test_sets(c)],
+        "attributes": g["perturb_attributes"], "kinds": g["text_reliance_kinds"]}) for d in _sets(g, c)],
     _text_reliance, marker="text_reliance.json", folder=lambda s: os.path.join("text_reliance", s.data),
     result=lambda r: {"text_gain": r.get("text_gain"), "survival": r.get("survival")}, needs=FT, text=True))
 register(StepType(
