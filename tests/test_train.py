@@ -16,7 +16,7 @@ from vlsm import training
 def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("learn")
     data_root, prompts_root = str(root / "data"), str(root / "prompts_json")
-    generate(data_root, prompts_root, seed=3, counts={"train": 500, "val": 40, "test": 40})
+    generate(data_root, prompts_root, seed=3, counts={"train": 400, "val": 40, "test": 40})
     args = train.get_args_parser().parse_args(
         ["--data-root", data_root, "--prompts-root", prompts_root, "--output-dir", str(root / "runs"),
          "--prompt", "p3", "--epochs", "10", "--batch-size", "32", "--lr", "1e-3", "--workers", "0", "--seed", "0"])

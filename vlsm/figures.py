@@ -99,6 +99,16 @@ def _predict(model, pil, texts: list[str], device, threshold: float) -> list[np.
     return [mask_at_size(lg, (pil.height, pil.width), threshold).numpy() for lg in logits]
 
 
+def _panel_row(axes, pil, name: str, gt, first, first_title: str, second, second_title: str) -> None:
+    """One figure row: the image, its ground truth (yellow), and two predictions as outlines (green, magenta)."""
+    panels = [(np.asarray(pil), name), (draw_outline(pil, gt, colour=(255, 255, 0)), "ground truth"),
+              (draw_outline(pil, first), first_title), (draw_outline(pil, second, colour=(255, 0, 255)), second_title)]
+    for ax, (img, text) in zip(axes, panels):
+        ax.imshow(img)
+        ax.set_title("\n".join(textwrap.fill(t, 40) for t in text.split("\n")), fontsize=8)
+        ax.axis("off")
+
+
 def showcase(model, data: str, prompt: str, threshold: float, device, out_png: str, *, split: str = "test",
              data_root: str = "data", prompts_root: str = "prompts_json", n: int = 4, title: str = "") -> str:
     """Write the side-by-side PNG (rows: images; columns: image, ground truth, right prompt, other object's
@@ -122,15 +132,8 @@ def showcase(model, data: str, prompt: str, threshold: float, device, out_png: s
         gt = read_mask(os.path.join(data_root, name, "masks", rec["mask_name"])).astype(bool)
         pred_right, pred_other = _predict(model, pil, [right, other], device, threshold)
         d_right, d_other = (dice_iou(torch.from_numpy(p), torch.from_numpy(gt))[0] for p in (pred_right, pred_other))
-        panels = [(np.asarray(pil), rec["img_name"]),
-                  (draw_outline(pil, gt, colour=(255, 255, 0)), "ground truth"),
-                  (draw_outline(pil, pred_right), f"right prompt: \"{right}\"\nDice {d_right:.2f}"),
-                  (draw_outline(pil, pred_other, colour=(255, 0, 255)),
-                   f"other object's prompt: \"{other}\"\nDice vs this target {d_other:.2f}")]
-        for ax, (img, text) in zip(row, panels):
-            ax.imshow(img)
-            ax.set_title("\n".join(textwrap.fill(t, 40) for t in text.split("\n")), fontsize=8)
-            ax.axis("off")
+        _panel_row(row, pil, rec["img_name"], gt, pred_right, f"right prompt: \"{right}\"\nDice {d_right:.2f}",
+                   pred_other, f"other object's prompt: \"{other}\"\nDice vs this target {d_other:.2f}")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -218,15 +221,9 @@ def largest_drops(model, data: str, prompt: str, threshold: float, device, out_p
         pil, _ = read_image(os.path.join(data_root, name, "images", rec["img_name"]))
         gt = read_mask(os.path.join(data_root, name, "masks", rec["mask_name"])).astype(bool)
         before, after = _predict(model, pil, [r["prompt_before"], r["prompt_after"]], device, threshold)
-        panels = [(np.asarray(pil), rec["img_name"]),
-                  (draw_outline(pil, gt, colour=(255, 255, 0)), "ground truth"),
-                  (draw_outline(pil, before), f"before: \"{r['prompt_before']}\"\nDice {r['dice_before']:.2f}"),
-                  (draw_outline(pil, after, colour=(255, 0, 255)),
-                   f"{r['attribute']}: {r['from']} -> {r['to']}\n\"{r['prompt_after']}\"\nDice {r['dice_after']:.2f}")]
-        for ax, (img, text) in zip(row, panels):
-            ax.imshow(img)
-            ax.set_title("\n".join(textwrap.fill(t, 40) for t in text.split("\n")), fontsize=8)
-            ax.axis("off")
+        _panel_row(row, pil, rec["img_name"], gt, before,
+                   f"before: \"{r['prompt_before']}\"\nDice {r['dice_before']:.2f}", after,
+                   f"{r['attribute']}: {r['from']} -> {r['to']}\n\"{r['prompt_after']}\"\nDice {r['dice_after']:.2f}")
     fig.suptitle(title or f"{name}: largest Dice drops when {', '.join(attributes)} take another value ({kind})",
                  fontsize=10)
     fig.tight_layout()
