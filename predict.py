@@ -63,7 +63,7 @@ from datasets.medical.volume import check_axis
 from util.checkpoint import new_dir
 from util.errors import run_cli
 from util.io import write_csv_atomic
-from util.metrics import upsample_logits
+from util.metrics import mask_statistics, upsample_logits
 from util.runtime import forward_batch, pick_device
 from vlsm import cli
 from vlsm.figures import draw_outline
@@ -233,15 +233,15 @@ def predict(model, items: list[Item], prompt: str, threshold: float, device, bat
 
 def mask_stats(prob: np.ndarray, mask: np.ndarray, spacing: tuple | None = None) -> dict:
     """Area (pixels, fraction, mm^2 where ``spacing`` (row, col) mm is known), inclusive bounding box, mean/max
-    probability inside the mask."""
-    area = int(mask.sum())
-    out = {"area_px": area, "area_fraction": round(area / mask.size, 6),
-           "area_mm2": round(area * spacing[0] * spacing[1], 6) if spacing else "", "bbox_x1": "", "bbox_y1": "",
-           "bbox_x2": "", "bbox_y2": "", "mean_prob_in_mask": "", "max_prob": round(float(prob.max()), 6)}
-    if area:
+    probability inside the mask (util.metrics.mask_statistics, rounded for the CSV)."""
+    st = mask_statistics(prob, mask, spacing)
+    out = {"area_px": st["area_px"], "area_fraction": round(st["area_fraction"], 6),
+           "area_mm2": "" if st["area_mm2"] is None else round(st["area_mm2"], 6), "bbox_x1": "", "bbox_y1": "",
+           "bbox_x2": "", "bbox_y2": "", "mean_prob_in_mask": "", "max_prob": round(st["max_prob"], 6)}
+    if st["area_px"]:
         ys, xs = np.nonzero(mask)
         out.update(bbox_x1=int(xs.min()), bbox_y1=int(ys.min()), bbox_x2=int(xs.max()), bbox_y2=int(ys.max()),
-                   mean_prob_in_mask=round(float(prob[mask].mean()), 6))
+                   mean_prob_in_mask=round(st["mean_prob_in_mask"], 6))
     return out
 
 

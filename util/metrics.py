@@ -50,6 +50,16 @@ def dice_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
     return 2.0 * inter / (ps + ts), inter / (ps + ts - inter)
 
 
+def mask_statistics(prob, mask, spacing=None) -> dict:
+    """Area (pixels, fraction of the image, mm² where ``spacing`` (row, col) mm is known, else None), mean
+    probability inside the mask (None when it is empty) and the image's largest probability, unrounded: the one
+    computation behind predict.py's CSV and the app's table."""
+    area = int(mask.sum())
+    return {"area_px": area, "area_fraction": area / mask.size,
+            "area_mm2": area * float(spacing[0]) * float(spacing[1]) if spacing else None,
+            "mean_prob_in_mask": float(prob[mask].mean()) if area else None, "max_prob": float(prob.max())}
+
+
 def upsample_logits(logits: torch.Tensor, size) -> torch.Tensor:
     """Bilinear resize of (B,1,h,w) or (1,h,w) logits to ``size`` (H, W), in float32."""
     squeeze = logits.dim() == 3

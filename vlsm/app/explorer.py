@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from datasets import SegTransform
-from util.metrics import dice_iou, upsample_logits
+from util.metrics import dice_iou, mask_statistics, upsample_logits
 from util.runtime import pick_device, prepare_images
 
 from ..text_report import gibberish
@@ -99,12 +99,12 @@ def as_rgb(image) -> np.ndarray:
 
 def mask_row(label: str, prob: np.ndarray, mask: np.ndarray, spacing=None) -> dict:
     """Area (pixels, fraction, mm² when ``spacing`` = (row, col) mm is known), mean probability inside the mask
-    and the largest probability of the image."""
-    area = int(mask.sum())
-    mm2 = "" if not spacing else round(area * float(spacing[0]) * float(spacing[1]), 3)
-    inside = round(float(prob[mask].mean()), 4) if area else ""
-    return {"prompt": label, "area_px": area, "area_fraction": round(area / mask.size, 6), "area_mm2": mm2,
-            "mean_prob_in_mask": inside, "max_prob": round(float(prob.max()), 4)}
+    and the largest probability of the image (util.metrics.mask_statistics, rounded for the page)."""
+    st = mask_statistics(prob, mask, spacing)
+    return {"prompt": label, "area_px": st["area_px"], "area_fraction": round(st["area_fraction"], 6),
+            "area_mm2": "" if st["area_mm2"] is None else round(st["area_mm2"], 3),
+            "mean_prob_in_mask": "" if st["mean_prob_in_mask"] is None else round(st["mean_prob_in_mask"], 4),
+            "max_prob": round(st["max_prob"], 4)}
 
 
 def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
